@@ -1,0 +1,447 @@
+//! Executes a [`Plan`]: one step at a time, journaled, resumable, undone on early failure.
+//!
+//! For each step not already done (per the journal): precondition → action → verification,
+//! then `step_done` is fsynced. When a step fails and no point-of-no-return step has
+//! completed, the completed undoable steps are undone in reverse order. Then the alert is
+//! raised and the metrics file written. A run whose journal says it succeeded is not run
+//! again: it reports [`RunOutcome::AlreadyDone`].
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+
+use crate::alert::{AlertPayload, Alerter};
+use crate::journal::{Event, Journal, Outcome};
+use crate::metrics::{MetricsWriter, RunMetrics};
+use crate::plan::{Plan, StepError};
+use crate::progress::Progress;
+use crate::util;
+
+/// What a step can see and record while it runs.
+pub struct StepContext<'a> {
+    run_key: &'a str,
+    state_dir: &'a Path,
+    done: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    recorded: BTreeMap<String, serde_json::Value>,
+    counters: &'a mut BTreeMap<String, f64>,
+    progress_enabled: bool,
+    resumed: bool,
+}
+
+impl<'a> StepContext<'a> {
+    /// Records a value in this step's journal entry, visible to later steps and resumed runs.
+    pub fn record(&mut self, key: &str, value: impl serde::Serialize) {
+        self.recorded.insert(
+            key.to_string(),
+            serde_json::to_value(value).expect("recorded values serialize"),
+        );
+    }
+
+    /// A value recorded by an earlier, completed step.
+    pub fn recorded(&self, step: &str, key: &str) -> Option<&serde_json::Value> {
+        self.done.get(step).and_then(|d| d.get(key))
+    }
+
+    /// Adds to a run counter; it is written to the metrics file as `opskit_<runbook>_<name>`.
+    pub fn count(&mut self, name: &str, value: f64) {
+        *self.counters.entry(name.to_string()).or_insert(0.0) += value;
+    }
+
+    /// Sets a run gauge (overwrites), written like counters.
+    pub fn gauge(&mut self, name: &str, value: f64) {
+        self.counters.insert(name.to_string(), value);
+    }
+
+    /// A progress reporter (a bar on a TTY, periodic log lines otherwise).
+    pub fn progress(&self, label: &str, total: Option<u64>, unit: &'static str) -> Progress {
+        Progress::new(label, total, unit, self.progress_enabled)
+    }
+
+    /// The run key.
+    pub fn run_key(&self) -> &str {
+        self.run_key
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir
+    }
+
+    /// True when this step was started by an earlier invocation that did not finish it.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+}
+
+/// How the engine runs.
+pub struct EngineOptions<'a> {
+    /// Where journals and locks live.
+    pub state_dir: PathBuf,
+    /// Delivers the failure alert, if configured.
+    pub alerter: Option<&'a Alerter>,
+    /// Writes the textfile metrics, if configured.
+    pub metrics: Option<&'a MetricsWriter>,
+    /// Show progress bars (TTY, human logs, not quiet).
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// Every step completed in this invocation (some possibly in earlier ones).
+    Succeeded,
+    /// The journal says this run already succeeded; nothing was done.
+    AlreadyDone {
+        /// When it finished.
+        finished: Option<DateTime<Utc>>,
+    },
+    /// A precondition refused the run before anything changed.
+    Refused {
+        /// The step that refused.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// A step failed.
+    Failed {
+        /// The failing step.
+        step: String,
+        /// The error.
+        error: String,
+        /// True when the completed steps were undone.
+        rolled_back: bool,
+    },
+}
+
+/// The result of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// The journal file.
+    pub journal: PathBuf,
+    /// Wall time of this invocation in seconds.
+    pub duration_secs: f64,
+    /// Counters the steps reported.
+    pub counters: BTreeMap<String, f64>,
+    /// Step ids completed by this invocation.
+    pub executed: Vec<String>,
+    /// Step ids skipped because an earlier invocation completed them.
+    pub skipped: Vec<String>,
+    /// Step ids undone after the failure.
+    pub undone: Vec<String>,
+}
+
+/// An exclusive per-runbook lock; released when dropped.
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes `<state_dir>/locks/<runbook>.lock` without waiting; `Err` names the holder.
+    pub fn acquire(state_dir: &Path, runbook: &str) -> anyhow::Result<Result<RunLock, String>> {
+        let dir = state_dir.join("locks");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating lock directory {}", dir.display()))?;
+        let path = dir.join(format!("{runbook}.lock"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                writeln!(file, "{}", std::process::id())?;
+                Ok(Ok(RunLock { _file: file }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                Ok(Err(format!(
+                    "another opskit {runbook} run holds {} (pid {}); runs never overlap",
+                    path.display(),
+                    holder.trim()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Runs a plan to completion, failure or refusal. `Err` means the engine itself could not
+/// work (state directory unwritable, lock error); step failures are a [`RunOutcome`].
+pub fn run(mut plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let journal_path = Journal::path_for(&opts.state_dir, &plan.runbook, &plan.run_key);
+    let mut report = RunReport {
+        outcome: RunOutcome::Succeeded,
+        journal: journal_path.clone(),
+        duration_secs: 0.0,
+        counters: BTreeMap::new(),
+        executed: Vec::new(),
+        skipped: Vec::new(),
+        undone: Vec::new(),
+    };
+
+    let _lock = match RunLock::acquire(&opts.state_dir, &plan.runbook)? {
+        Ok(lock) => lock,
+        Err(reason) => {
+            report.outcome = RunOutcome::Refused {
+                step: "lock".into(),
+                reason,
+            };
+            finish(&plan, opts, &mut report, started_at, clock);
+            return Ok(report);
+        }
+    };
+
+    let mut state = Journal::read_state(&journal_path)?;
+    if state.last_outcome == Some(Outcome::Succeeded) && !state.interrupted {
+        tracing::info!(
+            run_key = %plan.run_key,
+            journal = %journal_path.display(),
+            "this run already succeeded; nothing to do"
+        );
+        report.outcome = RunOutcome::AlreadyDone {
+            finished: state.last_finished,
+        };
+        report.duration_secs = clock.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    if state.interrupted {
+        tracing::warn!(
+            journal = %journal_path.display(),
+            done = state.done.len(),
+            "resuming a run that was interrupted"
+        );
+    }
+
+    let run_id = util::new_run_id();
+    let mut journal = Journal::open(&journal_path, &run_id)?;
+    let started_steps = started_step_ids(&journal_path)?;
+    journal.record(Event::RunStarted {
+        steps: plan.steps.iter().map(|s| s.spec.id.clone()).collect(),
+        pid: std::process::id(),
+        host: util::hostname(),
+    })?;
+
+    let total = plan.steps.len();
+    let mut changed = !state.done.is_empty();
+    let mut passed_ponr = plan
+        .steps
+        .iter()
+        .any(|s| s.spec.point_of_no_return && state.done.contains_key(&s.spec.id));
+    let mut completed: Vec<usize> = Vec::new();
+    let mut failure: Option<(usize, StepError)> = None;
+
+    for (i, step) in plan.steps.iter_mut().enumerate() {
+        let id = step.spec.id.clone();
+        if state.done.contains_key(&id) {
+            tracing::info!(step = %id, "step {}/{total} already done (journal); skipping", i + 1);
+            report.skipped.push(id);
+            completed.push(i);
+            continue;
+        }
+        tracing::info!(step = %id, "step {}/{total}: {}", i + 1, step.spec.description);
+        journal.record(Event::StepStarted { step: id.clone() })?;
+        let mut cx = StepContext {
+            run_key: &plan.run_key,
+            state_dir: &opts.state_dir,
+            done: &state.done,
+            recorded: BTreeMap::new(),
+            counters: &mut report.counters,
+            progress_enabled: opts.progress,
+            resumed: started_steps.contains(&id),
+        };
+        let result = step
+            .action
+            .precondition(&mut cx)
+            .and_then(|()| {
+                changed = true;
+                step.action.execute(&mut cx)
+            })
+            .and_then(|()| step.action.verify(&mut cx));
+        let recorded = std::mem::take(&mut cx.recorded);
+        match result {
+            Ok(()) => {
+                journal.record(Event::StepDone {
+                    step: id.clone(),
+                    data: recorded.clone(),
+                })?;
+                state.done.insert(id.clone(), recorded);
+                report.executed.push(id);
+                completed.push(i);
+                passed_ponr |= step.spec.point_of_no_return;
+            }
+            Err(e) => {
+                journal.record(Event::StepFailed {
+                    step: id.clone(),
+                    error: e.to_string(),
+                })?;
+                failure = Some((i, e));
+                break;
+            }
+        }
+    }
+
+    let outcome = match failure {
+        None => {
+            journal.record(Event::RunFinished {
+                outcome: Outcome::Succeeded,
+            })?;
+            RunOutcome::Succeeded
+        }
+        Some((i, StepError::Refused(reason))) if !changed => {
+            journal.record(Event::RunFinished {
+                outcome: Outcome::Refused,
+            })?;
+            RunOutcome::Refused {
+                step: plan.steps[i].spec.id.clone(),
+                reason,
+            }
+        }
+        Some((i, err)) => {
+            let step = plan.steps[i].spec.id.clone();
+            let error = err.to_string();
+            tracing::error!(step = %step, "step failed: {error}");
+            let mut rolled_back = false;
+            let mut undo_failed = false;
+            if passed_ponr {
+                tracing::warn!(
+                    "the point of no return was passed: nothing is undone; fix the cause and re-run to resume"
+                );
+            } else {
+                for &j in completed.iter().rev() {
+                    let s = &mut plan.steps[j];
+                    if s.spec.undo.is_none() {
+                        continue;
+                    }
+                    let id = s.spec.id.clone();
+                    tracing::warn!(step = %id, "undoing");
+                    let mut cx = StepContext {
+                        run_key: &plan.run_key,
+                        state_dir: &opts.state_dir,
+                        done: &state.done,
+                        recorded: BTreeMap::new(),
+                        counters: &mut report.counters,
+                        progress_enabled: opts.progress,
+                        resumed: false,
+                    };
+                    match s.action.undo(&mut cx) {
+                        Ok(()) => {
+                            journal.record(Event::StepUndone { step: id.clone() })?;
+                            report.undone.push(id);
+                        }
+                        Err(e) => {
+                            tracing::error!(step = %id, "undo failed: {e}");
+                            journal.record(Event::UndoFailed {
+                                step: id,
+                                error: e.to_string(),
+                            })?;
+                            undo_failed = true;
+                            break;
+                        }
+                    }
+                }
+                rolled_back = !undo_failed;
+            }
+            journal.record(Event::RunFinished {
+                outcome: if rolled_back {
+                    Outcome::RolledBack
+                } else {
+                    Outcome::Failed
+                },
+            })?;
+            RunOutcome::Failed {
+                step,
+                error,
+                rolled_back,
+            }
+        }
+    };
+    report.outcome = outcome;
+    finish(&plan, opts, &mut report, started_at, clock);
+    Ok(report)
+}
+
+/// Step ids that some earlier invocation started (to tell a step it is being resumed).
+fn started_step_ids(path: &Path) -> anyhow::Result<Vec<String>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<crate::journal::Entry>(l).ok())
+        .filter_map(|e| match e.event {
+            Event::StepStarted { step } => Some(step),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Alert on failure or refusal, then write metrics.
+fn finish(
+    plan: &Plan,
+    opts: &EngineOptions,
+    report: &mut RunReport,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+) {
+    report.duration_secs = clock.elapsed().as_secs_f64();
+    let failed_at = Utc::now();
+    let (step, error) = match &report.outcome {
+        RunOutcome::Refused { step, reason } => (step.clone(), reason.clone()),
+        RunOutcome::Failed {
+            step,
+            error,
+            rolled_back,
+        } => (
+            step.clone(),
+            if *rolled_back {
+                format!("{error} (completed steps were rolled back)")
+            } else {
+                error.clone()
+            },
+        ),
+        _ => (String::new(), String::new()),
+    };
+    if !step.is_empty()
+        && let Some(alerter) = opts.alerter
+    {
+        let payload = AlertPayload {
+            runbook: plan.runbook.clone(),
+            run_key: plan.run_key.clone(),
+            step,
+            error,
+            host: util::hostname(),
+            started_at,
+            failed_at,
+            journal: report.journal.display().to_string(),
+        };
+        if let Err(e) = alerter.send(&payload) {
+            tracing::error!("the failure alert could not be delivered: {e:#}");
+        }
+    }
+    if let Some(metrics) = opts.metrics {
+        let m = RunMetrics {
+            runbook: plan.runbook.clone(),
+            finished_at: failed_at,
+            duration_secs: report.duration_secs,
+            success: matches!(report.outcome, RunOutcome::Succeeded),
+            counters: report.counters.clone(),
+        };
+        if let Err(e) = metrics.write(&m) {
+            tracing::error!("the metrics file could not be written: {e:#}");
+        }
+    }
+}

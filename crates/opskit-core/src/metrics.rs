@@ -1,0 +1,180 @@
+//! Prometheus textfile-collector metrics, written atomically (temp file, fsync, rename).
+//!
+//! Each runbook owns `<metrics_dir>/opskit_<runbook>.prom`:
+//! ```text
+//! opskit_last_run_timestamp_seconds{runbook="archive"} 1706749392
+//! opskit_last_success_timestamp_seconds{runbook="archive"} 1706749392
+//! opskit_last_run_duration_seconds{runbook="archive"} 192.4
+//! opskit_last_run_success{runbook="archive"} 1
+//! opskit_archive_documents_exported{runbook="archive"} 60000000
+//! ```
+//! The last-success timestamp survives failed runs: it is carried over from the previous file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+
+use crate::util::write_atomic;
+
+/// What one run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMetrics {
+    /// The runbook.
+    pub runbook: String,
+    /// When the run ended.
+    pub finished_at: DateTime<Utc>,
+    /// How long it took.
+    pub duration_secs: f64,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// The runbook's own counters, named without prefix (`documents_exported`).
+    pub counters: BTreeMap<String, f64>,
+}
+
+/// Writes metrics files into one directory.
+pub struct MetricsWriter {
+    dir: PathBuf,
+}
+
+impl MetricsWriter {
+    /// A writer for `dir` (created on first write).
+    pub fn new(dir: &Path) -> MetricsWriter {
+        MetricsWriter {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The file a runbook's metrics go to.
+    pub fn path_for(&self, runbook: &str) -> PathBuf {
+        self.dir.join(format!("opskit_{runbook}.prom"))
+    }
+
+    /// Writes the file for one run, atomically.
+    pub fn write(&self, m: &RunMetrics) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating metrics directory {}", self.dir.display()))?;
+        let path = self.path_for(&m.runbook);
+        let previous_success = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| sample_value(&t, "opskit_last_success_timestamp_seconds"));
+        let last_success = if m.success {
+            Some(m.finished_at.timestamp() as f64)
+        } else {
+            previous_success
+        };
+        let text = render(m, last_success);
+        write_atomic(&path, text.as_bytes(), 0o644)?;
+        Ok(path)
+    }
+}
+
+fn metric_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the text exposition format.
+pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
+    let label = format!("{{runbook=\"{}\"}}", escape_label(&m.runbook));
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{label} {value}");
+    };
+    gauge(
+        "opskit_last_run_timestamp_seconds",
+        "Unix time the last run ended.",
+        m.finished_at.timestamp() as f64,
+    );
+    if let Some(ts) = last_success {
+        gauge(
+            "opskit_last_success_timestamp_seconds",
+            "Unix time the last successful run ended.",
+            ts,
+        );
+    }
+    gauge(
+        "opskit_last_run_duration_seconds",
+        "Wall time of the last run.",
+        m.duration_secs,
+    );
+    gauge(
+        "opskit_last_run_success",
+        "1 if the last run succeeded, 0 if it failed.",
+        if m.success { 1.0 } else { 0.0 },
+    );
+    for (name, value) in &m.counters {
+        let full = format!("opskit_{}_{}", metric_name(&m.runbook), metric_name(name));
+        gauge(&full, "Reported by the last run.", *value);
+    }
+    out
+}
+
+/// Reads the value of a sample from exposition text (first sample of that name).
+pub fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(success: bool, at: i64) -> RunMetrics {
+        let mut counters = BTreeMap::new();
+        counters.insert("documents_exported".into(), 42.0);
+        RunMetrics {
+            runbook: "archive".into(),
+            finished_at: DateTime::from_timestamp(at, 0).unwrap(),
+            duration_secs: 1.5,
+            success,
+            counters,
+        }
+    }
+
+    #[test]
+    fn writes_parses_back_and_keeps_last_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = MetricsWriter::new(dir.path());
+        let p = w.write(&run(true, 1000)).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(sample_value(&text, "opskit_last_run_success"), Some(1.0));
+        assert_eq!(
+            sample_value(&text, "opskit_archive_documents_exported"),
+            Some(42.0)
+        );
+        w.write(&run(false, 2000)).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            sample_value(&text, "opskit_last_run_timestamp_seconds"),
+            Some(2000.0)
+        );
+        assert_eq!(
+            sample_value(&text, "opskit_last_success_timestamp_seconds"),
+            Some(1000.0)
+        );
+        assert_eq!(sample_value(&text, "opskit_last_run_success"), Some(0.0));
+        // No temp file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! The lab: real servers from Debian's packages started on loopback under one directory.

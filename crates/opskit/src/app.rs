@@ -1,0 +1,162 @@
+//! What every command gets: the loaded config and the global options, plus the standard way
+//! to print or run a plan.
+
+use std::path::PathBuf;
+
+use opskit_core::alert::Alerter;
+use opskit_core::config::{Config, ConfigSource};
+use opskit_core::engine::{self, EngineOptions, RunOutcome, RunReport};
+use opskit_core::logging::LogFormat;
+use opskit_core::metrics::MetricsWriter;
+use opskit_core::plan::Plan;
+use opskit_core::{ExitStatus, OpsError};
+
+use crate::cli::{GlobalArgs, OutputFormat};
+
+/// The loaded configuration and global options.
+pub struct App {
+    /// The effective config.
+    pub config: Config,
+    /// Where it came from.
+    pub source: ConfigSource,
+    /// `--output`.
+    pub output: OutputFormat,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// -1 quiet, 0 normal, 1+ verbose.
+    pub verbosity: i8,
+}
+
+impl App {
+    /// Loads the config following the lookup order and applies global overrides.
+    pub fn load(global: &GlobalArgs) -> Result<App, OpsError> {
+        let (mut config, source) = Config::discover(global.config.as_deref())?;
+        if let Some(dir) = &global.state_dir {
+            let dir = std::path::absolute(dir)
+                .map_err(|e| OpsError::Usage(format!("--state-dir {}: {e}", dir.display())))?;
+            config.general.state_dir = dir
+                .to_string_lossy()
+                .parse()
+                .map_err(|e| OpsError::Usage(format!("--state-dir: {e}")))?;
+        }
+        Ok(App {
+            config,
+            source,
+            output: global.output,
+            log_format: global.log_format.into(),
+            verbosity: global.verbosity(),
+        })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.config.general.state_dir.path().to_path_buf()
+    }
+
+    /// True when progress bars may be drawn.
+    pub fn progress_enabled(&self) -> bool {
+        self.log_format == LogFormat::Human && self.verbosity >= 0
+    }
+
+    /// Prints a plan in the chosen output format (the dry run).
+    pub fn print_plan(&self, plan: &Plan) {
+        match self.output {
+            OutputFormat::Text => print!("{}", plan.render_text()),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&plan.describe()).expect("plans serialize")
+            ),
+        }
+    }
+
+    /// Runs a plan with the configured alert and metrics, prints the summary and returns the
+    /// exit status. With `dry_run` it only prints the plan.
+    pub fn run_plan(&self, plan: Plan, dry_run: bool) -> Result<ExitStatus, OpsError> {
+        if dry_run {
+            self.print_plan(&plan);
+            return Ok(ExitStatus::Success);
+        }
+        let alerter = Alerter::from_config(&self.config.alert)
+            .map_err(|e| OpsError::Usage(format!("{e:#}")))?;
+        let metrics = MetricsWriter::new(self.config.general.metrics_dir.path());
+        let opts = EngineOptions {
+            state_dir: self.state_dir(),
+            alerter: alerter.as_ref(),
+            metrics: Some(&metrics),
+            progress: self.progress_enabled(),
+        };
+        let runbook = plan.runbook.clone();
+        let report = engine::run(plan, &opts).map_err(OpsError::Failed)?;
+        self.print_report(&runbook, &report);
+        Ok(match report.outcome {
+            RunOutcome::Succeeded | RunOutcome::AlreadyDone { .. } => ExitStatus::Success,
+            RunOutcome::Refused { .. } => ExitStatus::Refused,
+            RunOutcome::Failed { .. } => ExitStatus::Failed,
+        })
+    }
+
+    fn print_report(&self, runbook: &str, r: &RunReport) {
+        if self.output == OutputFormat::Json {
+            let v = serde_json::json!({
+                "runbook": runbook,
+                "outcome": match &r.outcome {
+                    RunOutcome::Succeeded => "succeeded",
+                    RunOutcome::AlreadyDone { .. } => "already_done",
+                    RunOutcome::Refused { .. } => "refused",
+                    RunOutcome::Failed { rolled_back: true, .. } => "rolled_back",
+                    RunOutcome::Failed { .. } => "failed",
+                },
+                "error": match &r.outcome {
+                    RunOutcome::Refused { reason, .. } => Some(reason.clone()),
+                    RunOutcome::Failed { error, .. } => Some(error.clone()),
+                    _ => None,
+                },
+                "failed_step": match &r.outcome {
+                    RunOutcome::Refused { step, .. } | RunOutcome::Failed { step, .. } => Some(step.clone()),
+                    _ => None,
+                },
+                "journal": r.journal,
+                "duration_secs": r.duration_secs,
+                "executed": r.executed,
+                "skipped": r.skipped,
+                "undone": r.undone,
+                "counters": r.counters,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            return;
+        }
+        match &r.outcome {
+            RunOutcome::Succeeded => println!(
+                "{runbook}: succeeded in {:.1}s ({} steps run, {} already done); journal {}",
+                r.duration_secs,
+                r.executed.len(),
+                r.skipped.len(),
+                r.journal.display()
+            ),
+            RunOutcome::AlreadyDone { finished } => println!(
+                "{runbook}: nothing to do: this run already succeeded{}; journal {}",
+                finished
+                    .map(|t| format!(" at {}", t.to_rfc3339()))
+                    .unwrap_or_default(),
+                r.journal.display()
+            ),
+            RunOutcome::Refused { step, reason } => eprintln!(
+                "opskit: refused: {runbook} [{step}]: {reason}\nnothing was changed; journal {}",
+                r.journal.display()
+            ),
+            RunOutcome::Failed {
+                step,
+                error,
+                rolled_back,
+            } => {
+                eprintln!("opskit: failed: {runbook} [{step}]: {error}");
+                if *rolled_back {
+                    eprintln!("the completed steps were undone: {:?}", r.undone);
+                } else {
+                    eprintln!("re-run the same command to resume from the journal");
+                }
+                eprintln!("journal {}", r.journal.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Every flag and sub-command, declared once. `--help`, completions and the man page all come
+//! from these definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands::{archive, config, drill, lab, nginx};
+
+/// Run, rehearse and check the operations of the ipo.com platform.
+///
+/// Exit codes: 0 done, 1 failed (the alert webhook was called), 2 bad usage or config,
+/// 3 a precondition refused the run and nothing was changed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "opskit",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Options every sub-command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every sub-command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file [default: $OPSKIT_CONFIG, else /etc/opskit/opskit.toml, else built-in defaults].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory for journals and locks (overrides general.state_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
+    pub log_format: LogFormatArg,
+    /// Result format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl GlobalArgs {
+    /// -1 quiet, 0 normal, 1+ verbose.
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet {
+            -1
+        } else {
+            self.verbose.min(3) as i8
+        }
+    }
+}
+
+/// Log format choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Readable lines, progress bars on a TTY.
+    Human,
+    /// JSON lines for log shippers.
+    Json,
+}
+
+impl From<LogFormatArg> for opskit_core::logging::LogFormat {
+    fn from(v: LogFormatArg) -> Self {
+        match v {
+            LogFormatArg::Human => opskit_core::logging::LogFormat::Human,
+            LogFormatArg::Json => opskit_core::logging::LogFormat::Json,
+        }
+    }
+}
+
+/// Result format choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// The sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Monthly MongoDB archive and purge (spec §1): plan, run, verify, restore, status.
+    Archive(archive::ArchiveArgs),
+    /// The ipo.com nginx edge (spec §2): render, check, apply with rollback, probe.
+    Nginx(nginx::NginxArgs),
+    /// The Docker iptables policy (spec §3): render, apply, persist, verify.
+    Firewall(NotBuiltArgs),
+    /// MySQL switchover and "server has gone away" doctor (spec §4, §5).
+    Mysql(NotBuiltArgs),
+    /// Real servers on this machine for rehearsal and tests: up, down, status.
+    Lab(lab::LabArgs),
+    /// Every runbook against the lab, one report.
+    Drill(drill::DrillArgs),
+    /// Show or check the configuration.
+    Config(config::ConfigArgs),
+}
+
+/// Arguments of a sub-command that is not built yet (accepted so the message is clear).
+#[derive(Debug, Args)]
+pub struct NotBuiltArgs {
+    /// Ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
+}

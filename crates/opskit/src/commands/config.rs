@@ -1,0 +1,61 @@
+//! `opskit config show|check`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use opskit_core::config::Config;
+use opskit_core::{ExitStatus, OpsError};
+
+use crate::app::App;
+use crate::cli::{GlobalArgs, OutputFormat};
+
+/// `opskit config` arguments.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+/// `opskit config` actions.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the effective configuration as TOML (defaults filled in).
+    Show,
+    /// Validate a config file (default: the one opskit would use); exit 2 if invalid.
+    Check {
+        /// The file to check.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs `opskit config`.
+pub fn run(args: ConfigArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
+    match args.action {
+        ConfigAction::Show => {
+            let app = App::load(global)?;
+            match global.output {
+                OutputFormat::Text => {
+                    println!("# effective opskit configuration (source: {})", app.source);
+                    print!("{}", app.config.to_toml());
+                }
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&app.config).expect("config serializes")
+                ),
+            }
+            Ok(ExitStatus::Success)
+        }
+        ConfigAction::Check { file } => {
+            let source = match file {
+                Some(f) => {
+                    Config::load_file(&f)?;
+                    f.display().to_string()
+                }
+                None => App::load(global)?.source.to_string(),
+            };
+            println!("{source}: OK");
+            Ok(ExitStatus::Success)
+        }
+    }
+}

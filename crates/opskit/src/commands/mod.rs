@@ -1,0 +1,32 @@
+//! One module per sub-command; [`dispatch`] routes the parsed command line to it.
+
+pub mod archive;
+pub mod config;
+pub mod drill;
+pub mod lab;
+pub mod nginx;
+
+use opskit_core::{ExitStatus, OpsError};
+
+use crate::app::App;
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
+    match cli.command {
+        Command::Config(args) => config::run(args, &cli.global),
+        Command::Lab(args) => lab::run(args, &cli.global),
+        Command::Archive(args) => archive::run(args, &App::load(&cli.global)?),
+        Command::Nginx(args) => nginx::run(args, &App::load(&cli.global)?),
+        Command::Drill(args) => drill::run(args, &cli.global),
+        Command::Firewall(_) => Err(not_built("firewall")),
+        Command::Mysql(_) => Err(not_built("mysql")),
+    }
+}
+
+/// The error for a runbook that is not built yet (exit 2).
+pub fn not_built(what: &str) -> OpsError {
+    OpsError::Usage(format!(
+        "`opskit {what}` is not built yet in this version; see `opskit --help` for what is available"
+    ))
+}
