@@ -1,0 +1,90 @@
+//! Where archived records come from. The pipeline never knows which source it has.
+//!
+//! Every record travels as one BSON document (raw bytes), so the archive file is a plain
+//! concatenation of BSON documents, gzip-compressed: `mongorestore --gzip` reads it for MongoDB,
+//! and `opskit archive restore` reads it for either source. For MySQL a row becomes a document
+//! of its columns.
+//!
+//! Sources are synchronous to the pipeline; an async driver blocks on its own runtime inside
+//! the adapter. Every call has a timeout.
+
+use bson::Bson;
+
+use crate::bounds::MonthBounds;
+
+/// Documents whose date field cannot be compared as a `YYYY-MM-DD HH:MM:SS` string: they are
+/// never matched by a month's bounds, so they are counted and reported on every run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Anomalies {
+    /// The date field is missing or null.
+    pub missing: u64,
+    /// The date field has another type (BSON date, number, ...).
+    pub wrong_type: u64,
+    /// The date field is a string of another shape (`2024-1-5 3:03:11`, ISO `T`, fractions).
+    pub malformed: u64,
+    /// Up to a few example ids per kind, for the operator.
+    pub examples: Vec<String>,
+}
+
+impl Anomalies {
+    /// All anomalies.
+    pub fn total(&self) -> u64 {
+        self.missing + self.wrong_type + self.malformed
+    }
+}
+
+/// What the source knows about a month before exporting it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RangeStats {
+    /// Records with `lower <= date < upper`, counted through the date index.
+    pub count: u64,
+    /// Average raw record size in bytes, when the source can tell.
+    pub avg_record_bytes: Option<u64>,
+    /// The index used for the range (name), or `None` when there is no usable index.
+    pub index: Option<String>,
+}
+
+/// One exported record: its identity, its date and its raw BSON bytes.
+pub struct Record<'a> {
+    /// The record's unique key (`_id` for MongoDB, the primary key for MySQL).
+    pub id: &'a Bson,
+    /// The date field's string value.
+    pub date: &'a str,
+    /// The whole record as one BSON document.
+    pub raw: &'a [u8],
+}
+
+/// Receives records in export order. Returning an error stops the export.
+pub trait RecordSink {
+    /// Takes one record.
+    fn accept(&mut self, record: Record<'_>) -> anyhow::Result<()>;
+}
+
+/// A source of monthly records.
+pub trait Source: Send {
+    /// A description without secrets, for manifests and logs (`mongodb://db1:27017/test.user_logs`).
+    fn describe(&self) -> String;
+
+    /// The name of the id field in exported documents (`_id`, or the MySQL primary key column).
+    fn id_field(&self) -> &str;
+
+    /// Checks that the source answers and the collection/table exists (exit 3 material).
+    fn ping(&mut self) -> anyhow::Result<()>;
+
+    /// Count and size of the month, through the date index.
+    fn range_stats(&mut self, bounds: &MonthBounds) -> anyhow::Result<RangeStats>;
+
+    /// Records whose date field is missing, of another type or malformed.
+    fn anomalies(&mut self) -> anyhow::Result<Anomalies>;
+
+    /// Streams every record of the month in index order into `sink`, without leaving the
+    /// server cursor idle.
+    fn export(&mut self, bounds: &MonthBounds, sink: &mut dyn RecordSink) -> anyhow::Result<()>;
+
+    /// Deletes the records with these ids whose date is still inside `bounds`; returns how
+    /// many were deleted. Ids already gone are not an error (resumed purges re-send them).
+    fn delete_ids(&mut self, ids: &[Bson], bounds: &MonthBounds) -> anyhow::Result<u64>;
+
+    /// The largest replication lag of the source's replicas in seconds, if it can tell.
+    fn replication_lag(&mut self) -> anyhow::Result<Option<f64>>;
+}
