@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{archive, config, drill, lab, nginx};
+use crate::commands::{archive, config, drill, generate, lab, nginx};
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
@@ -105,6 +105,9 @@ pub enum Command {
     Drill(drill::DrillArgs),
     /// Show or check the configuration.
     Config(config::ConfigArgs),
+    /// Shell completions and the man page, generated from these definitions.
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Arguments of a sub-command that is not built yet (accepted so the message is clear).

@@ -13,8 +13,13 @@ fn opskit() -> Command {
 fn help_lists_every_runbook() {
     let out = opskit().arg("--help").assert().success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    for cmd in ["archive", "nginx", "firewall", "mysql", "lab", "drill", "config"] {
-        assert!(text.contains(&format!("  {cmd} ")), "--help misses {cmd}:\n{text}");
+    for cmd in [
+        "archive", "nginx", "firewall", "mysql", "lab", "drill", "config",
+    ] {
+        assert!(
+            text.contains(&format!("  {cmd} ")),
+            "--help misses {cmd}:\n{text}"
+        );
     }
 }
 
@@ -31,7 +36,10 @@ fn unbuilt_subcommands_say_so_and_exit_2() {
 
 #[test]
 fn unknown_flag_is_usage_error() {
-    opskit().args(["config", "show", "--bogus"]).assert().code(2);
+    opskit()
+        .args(["config", "show", "--bogus"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -60,8 +68,11 @@ fn config_show_prints_the_spec_defaults_as_valid_toml() {
 fn config_check_names_file_line_key_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "[general]\ntimezone = \"UTC\"\n\n[nginx]\ndomain = \"ipo.com; evil\"\n")
-        .unwrap();
+    std::fs::write(
+        &p,
+        "[general]\ntimezone = \"UTC\"\n\n[nginx]\ndomain = \"ipo.com; evil\"\n",
+    )
+    .unwrap();
     opskit()
         .args(["config", "check"])
         .arg(&p)
@@ -106,8 +117,14 @@ fn a_missing_config_file_is_exit_2() {
 
 #[test]
 fn the_example_config_documents_every_key_and_is_valid() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/opskit.example.toml");
-    opskit().args(["config", "check", example]).assert().success();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/opskit.example.toml"
+    );
+    opskit()
+        .args(["config", "check", example])
+        .assert()
+        .success();
     let text = std::fs::read_to_string(example).unwrap();
     let shown = opskit()
         .args(["config", "show", "--config", example, "--output", "json"])
@@ -116,17 +133,27 @@ fn the_example_config_documents_every_key_and_is_valid() {
     let v: serde_json::Value = serde_json::from_slice(&shown.get_output().stdout).unwrap();
     let mut missing = Vec::new();
     collect_keys(&v, "", &mut missing, &text);
-    assert!(missing.is_empty(), "deploy/opskit.example.toml does not mention: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "deploy/opskit.example.toml does not mention: {missing:?}"
+    );
 }
 
 /// Every leaf key of the effective config must appear in the example (set or commented).
 fn collect_keys(v: &serde_json::Value, path: &str, missing: &mut Vec<String>, text: &str) {
     if let serde_json::Value::Object(map) = v {
         for (k, child) in map {
-            let full = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let full = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             if child.is_object() {
                 collect_keys(child, &full, missing, text);
-            } else if child.as_array().is_some_and(|a| a.iter().any(|e| e.is_object())) {
+            } else if child
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e.is_object()))
+            {
                 if !text.contains(&format!("[[{full}]]")) {
                     missing.push(full.clone());
                 }
@@ -141,4 +168,21 @@ fn collect_keys(v: &serde_json::Value, path: &str, missing: &mut Vec<String>, te
             }
         }
     }
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let out = opskit()
+        .args(["generate", "completions", "bash"])
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("archive") && text.contains("--log-format"));
+    let out = opskit().args(["generate", "man"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH opskit"),
+        "{}",
+        &text[..80]
+    );
 }

@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod config;
 pub mod drill;
+pub mod generate;
 pub mod lab;
 pub mod nginx;
 
@@ -19,6 +20,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
         Command::Archive(args) => archive::run(args, &App::load(&cli.global)?),
         Command::Nginx(args) => nginx::run(args, &App::load(&cli.global)?),
         Command::Drill(args) => drill::run(args, &cli.global),
+        Command::Generate(args) => generate::run(args),
         Command::Firewall(_) => Err(not_built("firewall")),
         Command::Mysql(_) => Err(not_built("mysql")),
     }
