@@ -8,6 +8,8 @@
 //! Sources are synchronous to the pipeline; an async driver blocks on its own runtime inside
 //! the adapter. Every call has a timeout.
 
+pub mod mongodb;
+
 use bson::Bson;
 
 use crate::bounds::MonthBounds;
