@@ -1,1 +1,50 @@
-//! The lab: real servers from Debian's packages started on loopback under one directory.
+//! The lab: real servers from Debian's packages started on loopback under one directory,
+//! for rehearsal (`opskit lab up|down|status`) and for every integration test of the project.
+//!
+//! ```no_run
+//! use opskit_lab::{Component, LabBuilder};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let lab = LabBuilder::new(dir.path())
+//!     .with(Component::Sshd)
+//!     .with(Component::Mariadb)
+//!     .up()?; // dropping `lab` stops every server
+//! let db = lab.mariadb()?;
+//! assert_eq!(db.sql("SELECT 1")?.trim(), "1");
+//! let sftp = lab.sftp()?;
+//! sftp.sftp_batch("put /etc/hostname hostname\n")?;
+//! assert!(sftp.backup_dir.join("hostname").exists());
+//! // `opskit --config <lab.opskit_toml()> archive ...` rehearses against these servers.
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! - [`daemon`]: start a server detached (`setsid`, log file), wait until it answers, stop
+//!   exactly the recorded process (PID + start time, so PID reuse is harmless).
+//! - [`components`]: one module per server behind the [`components::Server`] trait, one
+//!   registration line each (see that module to add one).
+//! - [`state`]: `<lab>/lab.json` and the lab lock.
+//! - [`lab`](mod@lab): `up`, `down`, `status`, `<lab>/opskit.toml`, and the [`Lab`] guard.
+//! - [`webhook`]: the alert receiver behind `opskit lab webhook-receiver`.
+//!
+//! Ports are picked by binding `127.0.0.1:0`, so many labs run in parallel (one per test).
+
+pub mod components;
+pub mod daemon;
+pub mod lab;
+pub mod state;
+pub mod webhook;
+
+pub use components::Component;
+pub use components::mariadb::MariadbServer;
+pub use components::sshd::SftpServer;
+pub use components::webhook::WebhookReceiver;
+pub use lab::{
+    DownReport, Lab, LabBuilder, LabView, OPSKIT_TOML, Refusal, StatusReport, UpAction,
+    UpReport, down, status, up,
+};
+pub use state::{LabState, ServerRecord};
+
+/// The default lab directory when neither `--dir` nor `$OPSKIT_LAB_DIR` is given.
+pub const DEFAULT_DIR: &str = "/tmp/opskit-lab";
+/// The environment variable naming the lab directory.
+pub const DIR_ENV: &str = "OPSKIT_LAB_DIR";

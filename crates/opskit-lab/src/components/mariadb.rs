@@ -1,0 +1,235 @@
+//! One MariaDB server: the archive's `mysql://` source, with database `test`.
+//!
+//! Everything is under `<lab>/mariadb/`: `my.cnf` (passed as `--defaults-file` to
+//! `mariadb-install-db`, `mariadbd` and every client, so `/etc/mysql` is never read), `data/`,
+//! `tmp/`, the socket `mysqld.sock`, `mysqld.pid` and the server log `mariadbd.log`. It listens
+//! on 127.0.0.1 only; `root` has no password (loopback only). Memory settings are the small
+//! ones measured in `notes/lab.md` (16 MB buffer pool, virtual size capped).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use opskit_core::config::Config;
+
+use super::{Endpoint, LOOPBACK, LabContext, Server, config_path, with_free_port, write_file};
+use crate::daemon::{self, Launch, StartError};
+use crate::state::{LabState, ServerRecord};
+
+/// The MariaDB component.
+pub struct Mariadb;
+
+const KIND: &str = "mariadb";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Written once `mariadb-install-db` finished, so a half-initialised datadir is redone.
+const INSTALLED_MARKER: &str = ".installed";
+/// The database user of the lab (no password, loopback only).
+pub const USER: &str = "root";
+
+impl Server for Mariadb {
+    fn start(&self, ctx: &LabContext, previous: &[ServerRecord]) -> Result<Vec<ServerRecord>> {
+        let dir = ctx.mkdir("mariadb")?;
+        ctx.mkdir("mariadb/tmp")?;
+        let cnf = dir.join("my.cnf");
+        let socket = dir.join("mysqld.sock");
+        // sun_path holds 108 bytes including the NUL.
+        if socket.as_os_str().len() > 107 {
+            bail!(
+                "the MariaDB socket path {} is longer than 107 bytes; use a shorter lab directory",
+                socket.display()
+            );
+        }
+        let log = dir.join("mariadbd.log");
+        let preferred = previous.iter().find_map(|r| r.port);
+        let mut installed = dir.join(INSTALLED_MARKER).exists();
+        let mut record = with_free_port(preferred, |port| {
+            let fail = |e: anyhow::Error| StartError {
+                name: KIND.into(),
+                reason: format!("could not be prepared: {e:#}"),
+                log: log.clone(),
+                log_tail: String::new(),
+                address_in_use: false,
+            };
+            write_file(&cnf, &my_cnf(ctx, &dir, port).map_err(fail)?, 0o644)
+                .map_err(fail)?;
+            if !installed {
+                install_db(ctx, &dir, &cnf).map_err(fail)?;
+                installed = true;
+            }
+            let mut launch = Launch::new(KIND, "mariadbd", &log)
+                .arg(format!("--defaults-file={}", cnf.display()));
+            if ctx.is_root() {
+                launch = launch.arg("--user=root");
+            }
+            ctx.start_process(
+                KIND,
+                launch,
+                Endpoint {
+                    port: Some(port),
+                    socket: Some(socket.clone()),
+                },
+                START_TIMEOUT,
+                || ping(&cnf),
+            )
+        })?;
+        record
+            .details
+            .insert("defaults_file".into(), config_path(&cnf)?.into());
+        record.details.insert("user".into(), USER.into());
+        let server = MariadbServer::from_record(&record)?;
+        server
+            .sql("CREATE DATABASE IF NOT EXISTS test")
+            .context("creating database `test`")?;
+        record.details.insert("uri".into(), server.uri());
+        Ok(vec![record])
+    }
+
+    fn probe(&self, _ctx: &LabContext, record: &ServerRecord) -> Result<()> {
+        ping(Path::new(record.detail("defaults_file")?))
+    }
+
+    fn configure(&self, records: &[ServerRecord], config: &mut Config) -> Result<()> {
+        let r = records.first().context("no mariadb record")?;
+        config.archive.source_uri = MariadbServer::from_record(r)?.uri();
+        Ok(())
+    }
+
+    fn stop_grace(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+fn my_cnf(ctx: &LabContext, dir: &Path, port: u16) -> Result<String> {
+    let d = config_path(dir)?;
+    let user = if ctx.is_root() { "user=root\n" } else { "" };
+    Ok(format!(
+        "# Written by `opskit lab up`. Always pass --defaults-file={d}/my.cnf.
+[client]
+socket={d}/mysqld.sock
+port={port}
+user={USER}
+
+[mariadbd]
+{user}datadir={d}/data
+tmpdir={d}/tmp
+socket={d}/mysqld.sock
+port={port}
+bind-address={LOOPBACK}
+pid-file={d}/mysqld.pid
+skip-name-resolve
+character-set-server=utf8mb4
+collation-server=utf8mb4_general_ci
+# Small memory (notes/lab.md): 16M pool; the _max cap keeps VmSize near 1 GB instead of 8 TB.
+innodb_buffer_pool_size=16M
+innodb_buffer_pool_size_max=32M
+innodb_log_file_size=8M
+innodb_log_buffer_size=2M
+innodb_buffer_pool_dump_at_shutdown=OFF
+innodb_buffer_pool_load_at_startup=OFF
+performance_schema=OFF
+max_connections=40
+key_buffer_size=1M
+table_open_cache=128
+table_definition_cache=128
+thread_cache_size=4
+aria_pagecache_buffer_size=1M
+query_cache_size=0
+query_cache_type=0
+"
+    ))
+}
+
+fn install_db(ctx: &LabContext, dir: &Path, cnf: &Path) -> Result<()> {
+    let data = dir.join("data");
+    if data.exists() {
+        // A previous install did not finish: start over.
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("removing the half-initialised {}", data.display()))?;
+    }
+    let mut cmd = Command::new("mariadb-install-db");
+    cmd.arg(format!("--defaults-file={}", cnf.display()))
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db");
+    if ctx.is_root() {
+        cmd.arg("--user=root");
+    }
+    let out = daemon::run(&mut cmd, INSTALL_TIMEOUT).context("initialising the MariaDB datadir")?;
+    let log = dir.join("install.log");
+    std::fs::write(&log, [out.stdout, out.stderr].concat())
+        .with_context(|| format!("writing {}", log.display()))?;
+    std::fs::write(dir.join(INSTALLED_MARKER), b"")
+        .with_context(|| format!("writing {}/{INSTALLED_MARKER}", dir.display()))
+}
+
+fn ping(cnf: &Path) -> Result<()> {
+    daemon::run(
+        Command::new("mariadb-admin")
+            .arg(format!("--defaults-file={}", cnf.display()))
+            .arg("--connect-timeout=1")
+            .arg("ping"),
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
+/// The lab's MariaDB as a test or drill sees it.
+#[derive(Debug, Clone)]
+pub struct MariadbServer {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// The unix socket.
+    pub socket: PathBuf,
+    /// The `my.cnf` to pass as `--defaults-file` to every client.
+    pub defaults_file: PathBuf,
+    /// The database user (no password, loopback only).
+    pub user: String,
+}
+
+impl crate::LabView for MariadbServer {
+    fn from_state(state: &LabState) -> Result<MariadbServer> {
+        let r = state
+            .server(KIND)
+            .with_context(|| format!("the lab in {} runs no mariadb", state.dir.display()))?;
+        MariadbServer::from_record(r)
+    }
+}
+
+impl MariadbServer {
+    fn from_record(r: &ServerRecord) -> Result<MariadbServer> {
+        Ok(MariadbServer {
+            port: r.port.context("mariadb has no port in lab.json")?,
+            socket: r.socket.clone().context("mariadb has no socket in lab.json")?,
+            defaults_file: r.detail("defaults_file")?.into(),
+            user: r.detail("user")?.into(),
+        })
+    }
+
+    /// `mysql://root@127.0.0.1:<port>/`, the form of `archive.source_uri`.
+    pub fn uri(&self) -> String {
+        format!("mysql://{}@{LOOPBACK}:{}/", self.user, self.port)
+    }
+
+    /// `mariadb --defaults-file=<my.cnf>` (connects over the socket as root); add arguments.
+    pub fn client_command(&self) -> Command {
+        let mut c = Command::new("mariadb");
+        c.arg(format!("--defaults-file={}", self.defaults_file.display()));
+        c
+    }
+
+    /// Runs SQL (given on stdin, not in argv) with `mariadb --batch --skip-column-names`
+    /// and returns its output: one line per row, tab-separated columns.
+    pub fn sql(&self, sql: &str) -> Result<String> {
+        let out = daemon::run_with_input(
+            self.client_command()
+                .arg("--batch")
+                .arg("--skip-column-names"),
+            Some(sql.as_bytes()),
+            CLIENT_TIMEOUT,
+        )
+        .with_context(|| format!("running SQL on the lab MariaDB (port {})", self.port))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
