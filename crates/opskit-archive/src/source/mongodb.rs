@@ -804,8 +804,336 @@ fn record_of<'a>(raw: &'a RawDocument, date_field: &str) -> anyhow::Result<Recor
 }
 
 /// The owned id and the borrowed rest of a [`Record`].
+#[derive(Debug)]
 struct RecordParts<'a> {
     id: Bson,
     date: &'a str,
     raw: &'a [u8],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{Timestamp, oid::ObjectId, rawdoc};
+    use mongodb::options::ServerAddress;
+
+    fn bounds() -> MonthBounds {
+        MonthBounds::new("2024-01".parse().unwrap(), "Asia/Shanghai".parse().unwrap())
+    }
+
+    fn index(name: &str, key: Document) -> DateIndex {
+        DateIndex {
+            name: name.into(),
+            key,
+        }
+    }
+
+    #[test]
+    fn range_filter_is_the_half_open_month_as_strings() {
+        assert_eq!(
+            range_filter("create_on", &bounds()),
+            doc! {"create_on": {"$gte": "2024-01-01 00:00:00", "$lt": "2024-02-01 00:00:00"}}
+        );
+    }
+
+    #[test]
+    fn export_options_hint_sort_collation_batch_and_no_timeout() {
+        let idx = index("create_on_1", doc! {"create_on": 1});
+        let o = export_find_options(&idx, "create_on", 7_000).unwrap();
+        assert_eq!(o.hint, Some(Hint::Name("create_on_1".into())));
+        assert_eq!(o.sort, Some(doc! {"create_on": 1}));
+        assert_eq!(
+            o.collation.as_ref().map(|c| c.locale.as_str()),
+            Some("simple")
+        );
+        assert_eq!(o.batch_size, Some(7_000));
+        assert_eq!(o.no_cursor_timeout, Some(true));
+        assert_eq!(o.limit, None);
+        assert_eq!(o.max_time, None, "maxTimeMS is cumulative over getMores");
+        // What goes on the wire, in the driver's own serialisation.
+        let wire = bson::to_document(&o).unwrap();
+        assert_eq!(
+            wire.get_document("collation").unwrap(),
+            &doc! {"locale": "simple"}
+        );
+        assert_eq!(wire.get_str("hint").unwrap(), "create_on_1");
+    }
+
+    #[test]
+    fn export_sort_follows_a_compound_index_and_makes_the_date_ascending() {
+        let asc = index("c_id", doc! {"create_on": 1, "_id": 1});
+        assert_eq!(
+            export_sort(&asc, "create_on").unwrap(),
+            doc! {"create_on": 1, "_id": 1}
+        );
+        let desc = index("c_desc", doc! {"create_on": -1, "_id": 1});
+        assert_eq!(
+            export_sort(&desc, "create_on").unwrap(),
+            doc! {"create_on": 1, "_id": -1}
+        );
+        let hashed = index("h", doc! {"create_on": "hashed"});
+        assert!(export_sort(&hashed, "create_on").is_err());
+    }
+
+    #[test]
+    fn counts_use_the_same_hint_and_collation_with_a_server_time_limit() {
+        let idx = index("create_on_1", doc! {"create_on": 1});
+        let o = count_options(&idx, Duration::from_secs(90));
+        assert_eq!(o.hint, Some(Hint::Name("create_on_1".into())));
+        assert_eq!(o.collation.unwrap().locale, "simple");
+        assert_eq!(o.max_time, Some(Duration::from_secs(90)));
+        let e = example_find_options(&idx, Duration::from_secs(5));
+        assert_eq!(e.projection, Some(doc! {"_id": 1}));
+        assert_eq!(e.limit, Some(ANOMALY_EXAMPLES));
+        assert_eq!(e.hint, Some(Hint::Name("create_on_1".into())));
+    }
+
+    #[test]
+    fn anomaly_filters_are_exact_and_disjoint_by_construction() {
+        let f = anomaly_filters("create_on");
+        let kinds: Vec<AnomalyKind> = f.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                AnomalyKind::Missing,
+                AnomalyKind::WrongType,
+                AnomalyKind::Malformed
+            ]
+        );
+        assert_eq!(
+            f[0].1,
+            doc! {"$or": [{"create_on": {"$exists": false}}, {"create_on": {"$type": "null"}}]}
+        );
+        assert_eq!(
+            f[1].1,
+            doc! {"$or": [
+                {"create_on": {"$exists": true, "$not": {"$type": ["string", "null"]}}},
+                {"create_on": {"$type": "array"}},
+            ]}
+        );
+        assert_eq!(
+            f[2].1,
+            doc! {
+                "create_on": {"$type": "string", "$not": Regex {
+                    pattern: r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\z".into(),
+                    options: String::new(),
+                }},
+                "$nor": [{"create_on": {"$type": "array"}}],
+            }
+        );
+        assert_eq!(AnomalyKind::WrongType.to_string(), "wrong-type");
+    }
+
+    #[test]
+    fn delete_is_by_archived_ids_within_the_month_with_majority_write_concern() {
+        let a = ObjectId::parse_str("65920080aaaaaaaaaaaaaaaa").unwrap();
+        let ids = vec![Bson::ObjectId(a), Bson::Int64(7)];
+        assert_eq!(
+            delete_filter(&ids, "create_on", &bounds()),
+            doc! {
+                "_id": {"$in": [a, 7_i64]},
+                "create_on": {"$gte": "2024-01-01 00:00:00", "$lt": "2024-02-01 00:00:00"},
+            }
+        );
+        let o = delete_options(Duration::from_secs(60));
+        let wc = o.write_concern.unwrap();
+        assert_eq!(wc.w, Some(Acknowledgment::Majority));
+        assert_eq!(wc.w_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(o.collation.unwrap().locale, "simple");
+        assert_eq!(o.hint, None, "the planner picks the _id index for $in");
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            list_indexes_command("user_logs"),
+            doc! {"listIndexes": "user_logs", "cursor": {}}
+        );
+        assert_eq!(
+            coll_stats_command("user_logs"),
+            doc! {"collStats": "user_logs", "scale": 1}
+        );
+        assert_eq!(avg_obj_size(&doc! {"avgObjSize": 201}), Some(201));
+        assert_eq!(avg_obj_size(&doc! {"avgObjSize": 200.6}), Some(201));
+        assert_eq!(avg_obj_size(&doc! {"count": 0}), None);
+        let reply = doc! {"cursor": {"id": 0_i64, "ns": "test.user_logs", "firstBatch": [{"a": 1}]}, "ok": 1};
+        assert_eq!(first_batch(&reply).unwrap(), vec![doc! {"a": 1}]);
+        assert!(first_batch(&doc! {"ok": 1}).is_err());
+    }
+
+    fn spec(name: &str, key: Document) -> Document {
+        doc! {"v": 2, "key": key, "name": name}
+    }
+
+    #[test]
+    fn the_date_index_is_found_and_unusable_ones_are_named() {
+        let id = spec("_id_", doc! {"_id": 1});
+        let plain = spec("create_on_1", doc! {"create_on": 1});
+        let compound = spec("create_on_1_uid_1", doc! {"create_on": 1, "uid": 1});
+        let other = spec("uid_1_create_on_1", doc! {"uid": 1, "create_on": 1});
+        let chosen =
+            choose_date_index(&[id.clone(), compound.clone(), plain, other], "create_on").unwrap();
+        assert_eq!(chosen.name, "create_on_1");
+        let chosen = choose_date_index(&[id.clone(), compound], "create_on").unwrap();
+        assert_eq!(chosen.name, "create_on_1_uid_1");
+
+        let err = choose_date_index(std::slice::from_ref(&id), "create_on").unwrap_err();
+        assert!(
+            err.to_string().contains("createIndex({create_on: 1})"),
+            "{err}"
+        );
+
+        let mut partial = spec("p", doc! {"create_on": 1});
+        partial.insert("partialFilterExpression", doc! {"x": 1});
+        let mut sparse = spec("s", doc! {"create_on": 1});
+        sparse.insert("sparse", true);
+        let mut hidden = spec("h", doc! {"create_on": 1});
+        hidden.insert("hidden", true);
+        let mut icu = spec("c", doc! {"create_on": 1});
+        icu.insert("collation", doc! {"locale": "en", "strength": 2});
+        let mut simple = spec("ok", doc! {"create_on": -1});
+        simple.insert("collation", doc! {"locale": "simple"});
+        let text = spec("t", doc! {"create_on": "text"});
+        let err = choose_date_index(
+            &[
+                id.clone(),
+                partial.clone(),
+                sparse.clone(),
+                hidden.clone(),
+                icu.clone(),
+                text,
+            ],
+            "create_on",
+        )
+        .unwrap_err()
+        .to_string();
+        for why in [
+            "`p` (it is partial)",
+            "`s` (it is sparse)",
+            "`h` (it is hidden)",
+            "`c` (it has collation",
+            "`t` (its key",
+        ] {
+            assert!(err.contains(why), "{why} missing in: {err}");
+        }
+        let chosen =
+            choose_date_index(&[id, partial, sparse, hidden, icu, simple], "create_on").unwrap();
+        assert_eq!(chosen, index("ok", doc! {"create_on": -1}));
+    }
+
+    fn member(name: &str, state: i32, ms: i64) -> Document {
+        doc! {"name": name, "state": state, "optimeDate": bson::DateTime::from_millis(ms)}
+    }
+
+    #[test]
+    fn replication_lag_is_the_slowest_secondary_behind_the_primary() {
+        let status = doc! {"set": "rs0", "ok": 1, "members": [
+            member("a:27017", 1, 1_000_000),
+            member("b:27017", 2, 999_500),
+            member("c:27017", 2, 996_750),
+            // An arbiter and a recovering member have no meaningful optime.
+            {"name": "d:27017", "state": 7},
+            member("e:27017", 3, 0),
+        ]};
+        assert_eq!(replication_lag_from_status(&status).unwrap(), 3.25);
+
+        let alone = doc! {"members": [member("a", 1, 5)]};
+        assert_eq!(replication_lag_from_status(&alone).unwrap(), 0.0);
+
+        let by_ts = doc! {"members": [
+            {"name": "a", "state": 1, "optime": {"ts": Timestamp { time: 100, increment: 1 }, "t": 1_i64}},
+            {"name": "b", "state": 2, "optime": {"ts": Timestamp { time: 90, increment: 3 }, "t": 1_i64}},
+        ]};
+        assert_eq!(replication_lag_from_status(&by_ts).unwrap(), 10.0);
+
+        let no_primary = doc! {"members": [member("b", 2, 5)]};
+        let err = replication_lag_from_status(&no_primary).unwrap_err();
+        assert!(err.to_string().contains("no primary"));
+        let blind = doc! {"members": [member("a", 1, 5), {"name": "b", "state": 2}]};
+        assert!(
+            replication_lag_from_status(&blind)
+                .unwrap_err()
+                .to_string()
+                .contains("b reports no optime")
+        );
+    }
+
+    #[test]
+    fn a_record_is_the_exact_bytes_with_its_id_and_date() {
+        let doc = rawdoc! {"_id": 42_i32, "create_on": "2024-01-05 03:33:11", "msg": "hi"};
+        let parts = record_of(&doc, "create_on").unwrap();
+        assert_eq!(parts.id, Bson::Int32(42));
+        assert_eq!(parts.date, "2024-01-05 03:33:11");
+        assert_eq!(parts.raw, doc.as_bytes());
+
+        let dated = rawdoc! {"_id": 1_i32, "create_on": bson::DateTime::from_millis(0)};
+        let err = record_of(&dated, "create_on").unwrap_err().to_string();
+        assert!(
+            err.contains("document 1") && err.contains("not a string"),
+            "{err}"
+        );
+        assert!(record_of(&rawdoc! {"create_on": "x"}, "create_on").is_err());
+    }
+
+    #[test]
+    fn the_password_comes_from_a_private_file_into_the_credential() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("opskit-mongo-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_password_file(&file).unwrap_err().to_string();
+        assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("s3cret"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password_file(&file).unwrap(), "s3cret");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(
+            read_password_file(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let tuning = MongoSourceOptions::default();
+        let mut anonymous = ClientOptions::builder()
+            .hosts(vec![ServerAddress::parse("db1:27017").unwrap()])
+            .build();
+        let err = apply_client_settings(&mut anonymous, Some("pw".into()), &tuning).unwrap_err();
+        assert!(err.to_string().contains("names no user"));
+
+        let mut named = ClientOptions::builder()
+            .hosts(vec![ServerAddress::parse("db1:27017").unwrap()])
+            .credential(
+                Credential::builder()
+                    .username("archiver".to_string())
+                    .build(),
+            )
+            .build();
+        apply_client_settings(&mut named, Some("pw".into()), &tuning).unwrap();
+        let cred = named.credential.as_ref().unwrap();
+        assert_eq!(cred.password.as_deref(), Some("pw"));
+        assert_eq!(named.connect_timeout, Some(tuning.command_timeout));
+        assert_eq!(named.server_selection_timeout, Some(tuning.command_timeout));
+        assert!(
+            !format!("{:?}", named.credential).contains("pw\""),
+            "Debug must redact"
+        );
+        assert_eq!(
+            describe_target(&named, "test", "user_logs"),
+            "mongodb://db1:27017/test.user_logs"
+        );
+    }
+
+    #[test]
+    fn uris_are_redacted_in_messages() {
+        assert_eq!(
+            redact_uri("mongodb://archiver@db1:27017,db2/?authSource=admin"),
+            "mongodb://db1:27017,db2/?authSource=admin"
+        );
+        assert_eq!(redact_uri("mongodb://u:p@h"), "mongodb://h");
+        assert_eq!(redact_uri("nonsense"), "(unparsable URI)");
+    }
 }
