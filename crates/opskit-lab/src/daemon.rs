@@ -53,6 +53,17 @@ pub enum StopOutcome {
     NotOurs,
 }
 
+impl std::fmt::Display for StopOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopOutcome::Stopped => "stopped",
+            StopOutcome::Killed => "killed (ignored SIGTERM)",
+            StopOutcome::AlreadyGone => "was not running",
+            StopOutcome::NotOurs => "PID now belongs to another process; left alone",
+        })
+    }
+}
+
 struct ProcStat {
     state: char,
     session: i32,
@@ -74,6 +85,10 @@ fn read_stat(pid: i32) -> io::Result<ProcStat> {
         session: fields.get(3).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
         start_time: fields.get(19).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
     })
+}
+
+fn live_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// Collects the exit status of `pid` if it is our child and has exited (no-op otherwise).
@@ -100,7 +115,8 @@ impl ProcessIdentity {
             Ok(s) if s.start_time != self.start_time || s.session != self.pid => {
                 Liveness::Replaced
             }
-            Ok(s) if s.state == 'Z' || s.state == 'X' => {
+            // A zombie leader whose other threads still run has not exited yet.
+            Ok(s) if (s.state == 'Z' || s.state == 'X') && live_threads(self.pid) <= 1 => {
                 reap(self.pid);
                 Liveness::Gone
             }

@@ -1,19 +1,175 @@
-//! `opskit lab`: being built (the lab harness lands with the Foundation issue).
+//! `opskit lab up|down|status`: real servers on loopback for rehearsal (see `opskit_lab`).
 
-use clap::Args;
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
 use opskit_core::{ExitStatus, OpsError};
+use opskit_lab::{Component, Refusal, UpAction};
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, OutputFormat};
 
 /// `opskit lab` arguments.
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// Ignored for now.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: LabAction,
+}
+
+/// The lab directory option every lab action takes.
+#[derive(Debug, Args)]
+pub struct LabDir {
+    /// The lab directory (configs, data, logs, lab.json, opskit.toml).
+    #[arg(long, value_name = "DIR", env = opskit_lab::DIR_ENV, default_value = opskit_lab::DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+/// `opskit lab` actions.
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Start the lab's servers (only the missing or dead ones) and write <DIR>/opskit.toml.
+    Up {
+        #[command(flatten)]
+        dir: LabDir,
+        /// Only these components, comma-separated [default: all].
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        only: Vec<Component>,
+    },
+    /// Stop exactly the recorded server processes; keep the data unless --purge.
+    Down {
+        #[command(flatten)]
+        dir: LabDir,
+        /// Also delete the lab directory.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show each recorded server: address, port or socket, PID, alive, answering.
+    Status {
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// Run the lab's alert webhook receiver in the foreground (started by `lab up`).
+    #[command(hide = true)]
+    WebhookReceiver {
+        #[command(flatten)]
+        dir: LabDir,
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+fn failed(e: anyhow::Error) -> OpsError {
+    match e.downcast::<Refusal>() {
+        Ok(r) => OpsError::Refused(r.0),
+        Err(e) => OpsError::Failed(e),
+    }
 }
 
 /// Runs `opskit lab`.
-pub fn run(_args: LabArgs, _global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
-    Err(super::not_built("lab"))
+pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
+    let json = global.output == OutputFormat::Json;
+    match args.action {
+        LabAction::Up { dir, only } => {
+            let exe = std::env::current_exe().ok();
+            let report = opskit_lab::up(&dir.dir, &only, exe).map_err(failed)?;
+            if json {
+                print_json(&report);
+            } else {
+                for (c, action) in &report.components {
+                    let what = match action {
+                        UpAction::Started => "started",
+                        UpAction::Restarted => "restarted",
+                        UpAction::AlreadyRunning => "already running",
+                    };
+                    println!("{c}: {what}");
+                }
+                for s in &report.state.servers {
+                    println!("  {}", describe(s));
+                }
+                println!(
+                    "lab up in {}; rehearse with: opskit --config {} <command>",
+                    report.dir.display(),
+                    report.opskit_toml.display()
+                );
+            }
+            Ok(ExitStatus::Success)
+        }
+        LabAction::Down { dir, purge } => {
+            let report = opskit_lab::down(&dir.dir, purge).map_err(failed)?;
+            if json {
+                print_json(&report);
+            } else {
+                for s in &report.stopped {
+                    println!("{} (pid {}): {}", s.name, s.pid, s.outcome);
+                }
+                println!(
+                    "lab down in {}{}",
+                    report.dir.display(),
+                    if report.purged {
+                        "; directory removed"
+                    } else {
+                        "; data kept (--purge removes it)"
+                    }
+                );
+            }
+            Ok(ExitStatus::Success)
+        }
+        LabAction::Status { dir } => {
+            let report = opskit_lab::status(&dir.dir).map_err(failed)?;
+            if json {
+                print_json(&report);
+            } else if report.servers.is_empty() {
+                println!("no lab servers recorded in {}", report.dir.display());
+            } else {
+                for s in &report.servers {
+                    println!(
+                        "{}  {}",
+                        describe(&s.record),
+                        match (s.alive, s.answering) {
+                            (true, true) => "alive, answering",
+                            (true, false) => "alive, NOT answering",
+                            _ => "DEAD",
+                        }
+                    );
+                }
+            }
+            Ok(ExitStatus::Success)
+        }
+        LabAction::WebhookReceiver { dir, port } => {
+            let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+                OpsError::failed(format!("webhook receiver: binding 127.0.0.1:{port}: {e}"))
+            })?;
+            let out = std::path::absolute(&dir.dir)
+                .map_err(|e| OpsError::Usage(format!("--dir {}: {e}", dir.dir.display())))?
+                .join(opskit_lab::webhook::RECEIVED_FILE);
+            opskit_lab::webhook::serve(listener, out)?;
+            Ok(ExitStatus::Success)
+        }
+    }
+}
+
+fn describe(s: &opskit_lab::ServerRecord) -> String {
+    let mut at = Vec::new();
+    if let (Some(a), Some(p)) = (&s.address, s.port) {
+        at.push(format!("{a}:{p}"));
+    }
+    if let Some(sock) = &s.socket {
+        at.push(sock.display().to_string());
+    }
+    format!(
+        "{:<8} pid {:<7} {}  log {}",
+        s.name,
+        s.pid,
+        at.join(" "),
+        s.log.display()
+    )
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("reports serialize")
+    );
 }
