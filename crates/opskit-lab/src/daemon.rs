@@ -81,9 +81,15 @@ fn read_stat(pid: i32) -> io::Result<ProcStat> {
     let bad = || io::Error::other(format!("/proc/{pid}/stat: unexpected format"));
     // fields[0] is field 3 (state), so field N is fields[N - 3].
     Ok(ProcStat {
-        state: fields.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
+        state: fields
+            .first()
+            .and_then(|s| s.chars().next())
+            .ok_or_else(bad)?,
         session: fields.get(3).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
-        start_time: fields.get(19).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
+        start_time: fields
+            .get(19)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?,
     })
 }
 
@@ -112,9 +118,7 @@ impl ProcessIdentity {
     pub fn liveness(&self) -> Liveness {
         match read_stat(self.pid) {
             Err(_) => Liveness::Gone,
-            Ok(s) if s.start_time != self.start_time || s.session != self.pid => {
-                Liveness::Replaced
-            }
+            Ok(s) if s.start_time != self.start_time || s.session != self.pid => Liveness::Replaced,
             // A zombie leader whose other threads still run has not exited yet.
             Ok(s) if (s.state == 'Z' || s.state == 'X') && live_threads(self.pid) <= 1 => {
                 reap(self.pid);
@@ -393,7 +397,11 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
 
 /// Like [`run`], writing `input` to the command's stdin (how SQL reaches the client, so it
 /// never shows in argv).
-pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+pub fn run_with_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output> {
     let what = format!(
         "`{} {}`",
         cmd.get_program().to_string_lossy(),
@@ -435,7 +443,10 @@ pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration
     });
     let deadline = Instant::now() + timeout;
     let status = loop {
-        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {what}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {what}"))?
+        {
             break status;
         }
         if Instant::now() >= deadline {
@@ -468,7 +479,8 @@ mod tests {
     #[test]
     fn a_reused_pid_is_never_signalled() {
         let dir = tempfile::tempdir().unwrap();
-        let s = spawn(Launch::new("sleeper", "/bin/sleep", dir.path().join("l")).arg("30")).unwrap();
+        let s =
+            spawn(Launch::new("sleeper", "/bin/sleep", dir.path().join("l")).arg("30")).unwrap();
         // Same PID, another start time: what /proc shows after the PID was reused.
         let other = ProcessIdentity {
             start_time: s.identity.start_time + 1,
@@ -479,7 +491,10 @@ mod tests {
             stop(&other, Duration::from_millis(10)).unwrap(),
             StopOutcome::NotOurs
         );
-        assert!(s.identity.is_alive(), "the real process must not be touched");
+        assert!(
+            s.identity.is_alive(),
+            "the real process must not be touched"
+        );
         stop(&s.identity, Duration::from_secs(5)).unwrap();
     }
 
@@ -567,7 +582,11 @@ mod tests {
 
     #[test]
     fn run_times_out_and_reports_failure() {
-        let e = run(Command::new("/bin/sleep").arg("5"), Duration::from_millis(100)).unwrap_err();
+        let e = run(
+            Command::new("/bin/sleep").arg("5"),
+            Duration::from_millis(100),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("did not finish"), "{e}");
         let e = run(
             Command::new("/bin/sh").args(["-c", "echo nope >&2; exit 1"]),

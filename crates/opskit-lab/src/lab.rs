@@ -174,8 +174,9 @@ pub fn down(dir: &Path, purge: bool) -> Result<DownReport> {
         let mut state = LabState::load(&dir)?;
         let mut failed = Vec::new();
         for r in std::mem::take(&mut state.servers).into_iter().rev() {
-            let grace = component_of(&r.kind)
-                .map_or(std::time::Duration::from_secs(30), |c| c.server().stop_grace());
+            let grace = component_of(&r.kind).map_or(std::time::Duration::from_secs(30), |c| {
+                c.server().stop_grace()
+            });
             match daemon::stop(&r.identity(), grace) {
                 Ok(outcome) => report.stopped.push(StoppedServer {
                     name: r.name.clone(),
@@ -208,7 +209,7 @@ pub fn down(dir: &Path, purge: bool) -> Result<DownReport> {
 
 fn purge_dir(dir: &Path) -> Result<()> {
     let is_lab = dir.join(STATE_FILE).exists()
-        || std::fs::read_dir(dir).map_or(false, |mut d| d.next().is_none());
+        || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
     if !is_lab || dir.parent().is_none() {
         return Err(anyhow!(Refusal(format!(
             "{} has no {STATE_FILE}: it does not look like a lab directory, so --purge will not \

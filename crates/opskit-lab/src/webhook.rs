@@ -168,7 +168,10 @@ mod tests {
 POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"b\r\n4\r\n\":2}\r\n0\r\n\r\n";
         let mut r = BufReader::new(&raw[..]);
         let a = read_request(&mut r).unwrap().unwrap();
-        assert_eq!((a.method.as_str(), &a.body[..]), ("POST", &b"{\"a\":1}"[..]));
+        assert_eq!(
+            (a.method.as_str(), &a.body[..]),
+            ("POST", &b"{\"a\":1}"[..])
+        );
         let b = read_request(&mut r).unwrap().unwrap();
         assert_eq!(&b.body[..], b"{\"b\":2}");
         assert!(read_request(&mut r).unwrap().is_none());

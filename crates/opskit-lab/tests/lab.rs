@@ -17,7 +17,10 @@ fn lab_dir() -> tempfile::TempDir {
 
 /// PIDs of processes whose command line mentions `dir` (what `ps` would show).
 fn processes_mentioning(dir: &Path) -> Vec<String> {
-    let out = Command::new("ps").args(["-eo", "pid,stat,args"]).output().unwrap();
+    let out = Command::new("ps")
+        .args(["-eo", "pid,stat,args"])
+        .output()
+        .unwrap();
     let needle = dir.to_string_lossy().to_string();
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -52,7 +55,10 @@ fn sshd_and_mariadb_serve_then_go_down_without_a_trace() {
         .with(Component::Mariadb)
         .up()
         .unwrap();
-    eprintln!("lab up (sshd + mariadb, fresh) in {:.2}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "lab up (sshd + mariadb, fresh) in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
 
     // SFTP through the ssh_config alias, host-key checking on.
     let sftp = lab.sftp().unwrap();
@@ -87,7 +93,10 @@ fn sshd_and_mariadb_serve_then_go_down_without_a_trace() {
         .arg(format!("-P{}", db.port))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), db.port.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&tcp.stdout).trim(),
+        db.port.to_string()
+    );
 
     // opskit.toml points the archive at the lab and is a valid config.
     let config = lab.config().unwrap();
@@ -119,7 +128,12 @@ fn sshd_and_mariadb_serve_then_go_down_without_a_trace() {
     let t = Instant::now();
     let report = lab.down().unwrap();
     eprintln!("lab down in {:.2}s", t.elapsed().as_secs_f64());
-    assert!(report.stopped.iter().all(|s| s.outcome == StopOutcome::Stopped));
+    assert!(
+        report
+            .stopped
+            .iter()
+            .all(|s| s.outcome == StopOutcome::Stopped)
+    );
     assert_all_gone(dir.path(), &state);
     // The data stays: the table is there after the next up.
     let lab = LabBuilder::new(dir.path())
@@ -127,7 +141,11 @@ fn sshd_and_mariadb_serve_then_go_down_without_a_trace() {
         .up()
         .unwrap();
     assert_eq!(
-        lab.mariadb().unwrap().sql("SELECT v FROM test.t WHERE id=2").unwrap().trim(),
+        lab.mariadb()
+            .unwrap()
+            .sql("SELECT v FROM test.t WHERE id=2")
+            .unwrap()
+            .trim(),
         "b"
     );
 }
@@ -186,7 +204,10 @@ fn up_twice_is_idempotent_and_restarts_only_the_dead() {
 
     let t = Instant::now();
     let again = opskit_lab::up(dir.path(), &both, None).unwrap();
-    eprintln!("lab up (already running) in {:.2}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "lab up (already running) in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(
         again.components,
         [
@@ -242,7 +263,10 @@ fn down_never_signals_a_process_that_is_not_the_labs() {
 
     let report = opskit_lab::down(dir.path(), false).unwrap();
     assert!(
-        report.stopped.iter().all(|s| s.outcome == StopOutcome::NotOurs),
+        report
+            .stopped
+            .iter()
+            .all(|s| s.outcome == StopOutcome::NotOurs),
         "{report:?}"
     );
     assert!(bystander.identity.is_alive(), "the bystander was signalled");
