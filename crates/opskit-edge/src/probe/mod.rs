@@ -1,0 +1,382 @@
+//! Checks a live server against every behaviour of spec §2, as the settings chose it.
+//!
+//! Each check has a name (`group.what`), a result and a detail that says what was seen. The
+//! checks are the request → expected checklist of `notes/nginx.md` §3. Checks that need files
+//! changed on the server (a probe PHP script, static fixtures, moving `index.html` aside) run
+//! only with [`ProbeOptions::stage_fixtures`]; without it they are reported as skipped.
+
+mod checks;
+pub mod curl;
+mod fixtures;
+
+pub use fixtures::{gzip_stored, static_text};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use opskit_core::config::NginxConfig;
+use serde::Serialize;
+
+use curl::{Client, Request, Response};
+
+/// The check groups, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// R1: certificate, TLS versions and ciphers, ALPN h2, unknown names, HSTS.
+    Tls,
+    /// R2: plain HTTP → 301 with path and query.
+    Redirect,
+    /// R3: bot routing by User-Agent.
+    Bot,
+    /// R4: `/api/{name}` → php-fpm, 404 for unknown names.
+    Api,
+    /// R5: 429 and the 1.5 r/s bound.
+    Rate,
+    /// R6: `/static/` headers, gzip, 304, denials.
+    Static,
+    /// R7: index.html → public/index.html → /api/landing.
+    Fallback,
+}
+
+impl Group {
+    /// Every group, in run order.
+    pub const ALL: [Group; 7] = [
+        Group::Tls,
+        Group::Redirect,
+        Group::Bot,
+        Group::Api,
+        Group::Rate,
+        Group::Static,
+        Group::Fallback,
+    ];
+
+    /// The group's name as used in check names and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Tls => "tls",
+            Group::Redirect => "redirect",
+            Group::Bot => "bot",
+            Group::Api => "api",
+            Group::Rate => "rate",
+            Group::Static => "static",
+            Group::Fallback => "fallback",
+        }
+    }
+
+    /// Parses a group name.
+    pub fn parse(s: &str) -> Option<Group> {
+        Group::ALL.into_iter().find(|g| g.name() == s)
+    }
+}
+
+/// What to probe and how.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// `https://host[:port]`.
+    pub url: String,
+    /// The plain-HTTP port of the same host.
+    pub http_port: u16,
+    /// `HOST:PORT:ADDR` pins; a pin for the HTTPS port is also used for the HTTP port.
+    pub resolve: Vec<String>,
+    /// CA file to trust (else the system store).
+    pub cacert: Option<PathBuf>,
+    /// `Name: value` header that only the bot upstream's responses carry. Without it, bot
+    /// routing is detected by the response differing from the normal one.
+    pub bot_marker: Option<String>,
+    /// Allow the probe to write (and afterwards remove) fixtures under the web and API roots
+    /// of the settings: needs to run on the server host with write access.
+    pub stage_fixtures: bool,
+    /// Only these groups (empty: all).
+    pub groups: Vec<Group>,
+    /// Per-request time limit.
+    pub timeout: Duration,
+}
+
+impl ProbeOptions {
+    /// Options from the `[nginx]` probe settings.
+    pub fn from_settings(cfg: &NginxConfig) -> ProbeOptions {
+        ProbeOptions {
+            url: cfg.probe_url.clone(),
+            http_port: cfg.probe_http_port,
+            resolve: cfg.probe_resolve.clone(),
+            cacert: cfg.probe_cacert.as_ref().map(|p| p.path().to_path_buf()),
+            bot_marker: None,
+            stage_fixtures: false,
+            groups: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A check's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The server behaves as required.
+    Pass,
+    /// It does not.
+    Fail,
+    /// Not run (opt-in, or not applicable to these settings); the detail says why.
+    Skip,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// `group.what`, stable across versions.
+    pub name: String,
+    /// Pass, fail or skip.
+    pub verdict: Verdict,
+    /// What was expected and what was seen.
+    pub detail: String,
+}
+
+/// Every check's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// The probed origin.
+    pub url: String,
+    /// The checks, in run order.
+    pub checks: Vec<CheckResult>,
+}
+
+impl ProbeReport {
+    /// True when no check failed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.verdict != Verdict::Fail)
+    }
+
+    /// The names of the failed checks.
+    pub fn failed(&self) -> Vec<&str> {
+        self.checks
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    /// The verdict of one check by name.
+    pub fn verdict(&self, name: &str) -> Option<Verdict> {
+        self.checks
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.verdict)
+    }
+
+    /// The pass/fail table an operator reads.
+    pub fn render_table(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
+        let mut out = format!("probe {}\n", self.url);
+        for c in &self.checks {
+            let v = match c.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
+            };
+            out.push_str(&format!("  {v}  {:<width$}  {}\n", c.name, c.detail));
+        }
+        let count = |v| self.checks.iter().filter(|c| c.verdict == v).count();
+        out.push_str(&format!(
+            "{} passed, {} failed, {} skipped\n",
+            count(Verdict::Pass),
+            count(Verdict::Fail),
+            count(Verdict::Skip)
+        ));
+        out
+    }
+}
+
+/// The probed origin, split.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub host: String,
+    pub https_port: u16,
+    pub http_port: u16,
+}
+
+impl Origin {
+    fn parse(url: &str, http_port: u16) -> anyhow::Result<Origin> {
+        let rest = url
+            .strip_prefix("https://")
+            .with_context(|| format!("--url `{url}` must start with https://"))?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .with_context(|| format!("--url `{url}`: bad port `{p}`"))?,
+            ),
+            None => (authority, 443),
+        };
+        if host.is_empty() {
+            bail!("--url `{url}` has no host");
+        }
+        Ok(Origin {
+            host: host.to_string(),
+            https_port: port,
+            http_port,
+        })
+    }
+
+    /// `https://host[:port]` + path.
+    pub fn https(&self, path: &str) -> String {
+        match self.https_port {
+            443 => format!("https://{}{path}", self.host),
+            p => format!("https://{}:{p}{path}", self.host),
+        }
+    }
+
+    /// `http://host[:port]` + path.
+    pub fn http(&self, path: &str) -> String {
+        match self.http_port {
+            80 => format!("http://{}{path}", self.host),
+            p => format!("http://{}:{p}{path}", self.host),
+        }
+    }
+
+    /// `http://host:<https port>` + path: plain HTTP to the TLS port.
+    pub fn http_on_tls_port(&self, path: &str) -> String {
+        format!("http://{}:{}{path}", self.host, self.https_port)
+    }
+}
+
+/// Adds pins for the HTTP port wherever the HTTPS port of the host is pinned.
+fn complete_pins(origin: &Origin, pins: &[String]) -> Vec<String> {
+    let mut out = pins.to_vec();
+    for pin in pins {
+        let parts: Vec<&str> = pin.splitn(3, ':').collect();
+        if parts.len() == 3 && parts[0] == origin.host {
+            let http_pin = format!("{}:{}:{}", parts[0], origin.http_port, parts[2]);
+            if !out.contains(&http_pin) {
+                out.push(http_pin);
+            }
+        }
+    }
+    out
+}
+
+/// Runs the checks and collects their results. `Err` only when the probe itself cannot run
+/// (no curl, bad URL, fixtures cannot be written); a misbehaving server is a failed check.
+pub fn run(cfg: &NginxConfig, opts: &ProbeOptions) -> anyhow::Result<ProbeReport> {
+    let origin = Origin::parse(&opts.url, opts.http_port)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("opskit-probe-")
+        .tempdir()
+        .context("creating the probe's scratch directory")?;
+    let client = Client {
+        resolve: complete_pins(&origin, &opts.resolve),
+        cacert: opts.cacert.clone(),
+        timeout: opts.timeout,
+        scratch: scratch.path().to_path_buf(),
+    };
+    let mut probe = Probe {
+        cfg,
+        opts,
+        origin,
+        client,
+        results: Vec::new(),
+        last_api_request: None,
+    };
+    let _staged = if opts.stage_fixtures {
+        Some(fixtures::Staged::write(cfg)?)
+    } else {
+        None
+    };
+    for group in Group::ALL {
+        if opts.groups.is_empty() || opts.groups.contains(&group) {
+            probe.run_group(group)?;
+        }
+    }
+    Ok(ProbeReport {
+        url: opts.url.clone(),
+        checks: probe.results,
+    })
+}
+
+/// The running probe: settings, client and the results so far.
+pub(crate) struct Probe<'a> {
+    pub cfg: &'a NginxConfig,
+    pub opts: &'a ProbeOptions,
+    pub origin: Origin,
+    pub client: Client,
+    pub results: Vec<CheckResult>,
+    last_api_request: Option<Instant>,
+}
+
+/// Idle time before a request that counts against the API zone, so earlier checks never
+/// leave excess behind (90r/m drains one request per 667 ms; notes P22).
+const API_IDLE: Duration = Duration::from_millis(1100);
+
+impl Probe<'_> {
+    fn run_group(&mut self, group: Group) -> anyhow::Result<()> {
+        match group {
+            Group::Tls => self.tls_checks(),
+            Group::Redirect => self.redirect_checks(),
+            Group::Bot => self.bot_checks(),
+            Group::Api => self.api_checks(),
+            Group::Rate => self.rate_checks(),
+            Group::Static => self.static_checks(),
+            Group::Fallback => self.fallback_checks(),
+        }
+    }
+
+    /// Records a check result.
+    pub fn record(&mut self, name: &str, pass: bool, detail: impl Into<String>) {
+        self.results.push(CheckResult {
+            name: name.into(),
+            verdict: if pass { Verdict::Pass } else { Verdict::Fail },
+            detail: detail.into(),
+        });
+    }
+
+    /// Records a skipped check.
+    pub fn skip(&mut self, name: &str, why: impl Into<String>) {
+        self.results.push(CheckResult {
+            name: name.into(),
+            verdict: Verdict::Skip,
+            detail: why.into(),
+        });
+    }
+
+    /// Sends a request that does not touch the API zone.
+    pub fn send(&mut self, req: &Request) -> anyhow::Result<Response> {
+        self.client.send(req)
+    }
+
+    /// Waits until the API zone has drained, then sends a request that may count against it.
+    pub fn send_api(&mut self, req: &Request) -> anyhow::Result<Response> {
+        self.api_idle();
+        self.send_api_now(req)
+    }
+
+    /// Sends a request that may count against the API zone without waiting first.
+    pub fn send_api_now(&mut self, req: &Request) -> anyhow::Result<Response> {
+        let resp = self.client.send(req);
+        self.last_api_request = Some(Instant::now());
+        resp
+    }
+
+    /// Sleeps until the API zone has had [`API_IDLE`] without requests.
+    pub fn api_idle(&mut self) {
+        if let Some(last) = self.last_api_request {
+            let since = last.elapsed();
+            if since < API_IDLE {
+                std::thread::sleep(API_IDLE - since);
+            }
+        }
+    }
+
+    /// True when `resp` came from the bot upstream.
+    pub fn from_bot(&self, resp: &Response, normal: &Response) -> bool {
+        match &self.opts.bot_marker {
+            Some(marker) => {
+                let (name, value) = marker.split_once(':').unwrap_or((marker, ""));
+                resp.header(name.trim())
+                    .is_some_and(|v| v.contains(value.trim()))
+            }
+            None => resp.status != normal.status || resp.body != normal.body,
+        }
+    }
+}
