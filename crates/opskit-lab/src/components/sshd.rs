@@ -8,7 +8,9 @@
 //! The login user is the user running the lab, so no system account is created. As root,
 //! sshd needs its compiled-in privilege-separation directory `/run/sshd`; it runs in a private
 //! mount namespace (`unshare -m`) with a tmpfs on `/run`, so the host's `/run` is untouched
-//! and the mount disappears with the process. As another user sshd runs directly.
+//! and the mount disappears with the process. When `/run/sshd` already exists, or the lab
+//! runs as another user (no privilege separation then), sshd runs directly. A non-root lab
+//! needs a normal account: sshd refuses locked ones such as `nobody`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -220,7 +222,9 @@ Host {alias}
 /// The sshd launch: directly as a normal user; as root in a private mount namespace that
 /// gives sshd a `/run/sshd` of its own.
 fn launch(ctx: &LabContext, sshd_config: &Path, log: &Path) -> Result<Launch> {
-    if !ctx.is_root() {
+    // Not root: no privilege separation, so no /run/sshd. Root on a host that already has
+    // /run/sshd (where the system sshd ran once): nothing to provide either.
+    if !ctx.is_root() || Path::new("/run/sshd").is_dir() {
         return Ok(Launch::new(KIND, SSHD, log)
             .arg("-D")
             .arg("-e")
