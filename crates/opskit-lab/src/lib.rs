@@ -24,7 +24,8 @@
 //!   registration line each (see that module to add one).
 //! - [`state`]: `<lab>/lab.json` and the lab lock.
 //! - [`lab`](mod@lab): `up`, `down`, `status`, `<lab>/opskit.toml`, and the [`Lab`] guard.
-//! - [`webhook`]: the alert receiver behind `opskit lab webhook-receiver`.
+//! - [`webhook`]: the alert receiver behind `opskit lab webhook-receiver`, also available on
+//!   a thread ([`webhook::InProcessReceiver`]) for tests that cannot run the opskit binary.
 //!
 //! Ports are picked by binding `127.0.0.1:0`, so many labs run in parallel (one per test).
 

@@ -8,6 +8,7 @@ use std::fs::OpenOptions;
 use std::io::{BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,11 +23,18 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Serves forever on `listener`, appending POST bodies to `out`.
 pub fn serve(listener: TcpListener, out: PathBuf) -> Result<()> {
+    serve_until(listener, out, &AtomicBool::new(false))
+}
+
+fn serve_until(listener: TcpListener, out: PathBuf, stop: &AtomicBool) -> Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let lock = Arc::new(Mutex::new(out));
     for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let Ok(conn) = conn else { continue };
         let lock = Arc::clone(&lock);
         std::thread::spawn(move || {
@@ -36,6 +44,62 @@ pub fn serve(listener: TcpListener, out: PathBuf) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The same receiver on a thread of the calling process, for tests of crates that cannot
+/// run the `opskit` binary. It is not a lab server (not in `lab.json`); dropping it stops it.
+#[derive(Debug)]
+pub struct InProcessReceiver {
+    port: u16,
+    lab_dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessReceiver {
+    /// Listens on a free port of 127.0.0.1, writing to `<lab_dir>/webhook/received.jsonl`.
+    pub fn start(lab_dir: &Path) -> Result<InProcessReceiver> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = lab_dir.join(RECEIVED_FILE);
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            if let Err(e) = serve_until(listener, out, &flag) {
+                eprintln!("webhook receiver: {e:#}");
+            }
+        });
+        Ok(InProcessReceiver {
+            port,
+            lab_dir: lab_dir.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The URL to post alerts to (`alert.webhook_url`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}{PATH}", self.port)
+    }
+
+    /// The bodies received so far.
+    pub fn received(&self) -> Result<Vec<serde_json::Value>> {
+        received(&self.lab_dir)
+    }
+}
+
+impl Drop for InProcessReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The JSON lines received so far in a lab (empty when none arrived).
@@ -54,6 +118,7 @@ pub fn received(lab_dir: &Path) -> Result<Vec<serde_json::Value>> {
 struct Request {
     method: String,
     body: Vec<u8>,
+    close: bool,
 }
 
 fn handle(conn: TcpStream, out: &Mutex<PathBuf>) -> Result<()> {
@@ -71,10 +136,18 @@ fn handle(conn: TcpStream, out: &Mutex<PathBuf>) -> Result<()> {
         };
         write!(
             writer,
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if req.close {
+                "connection: close\r\n"
+            } else {
+                ""
+            }
         )?;
         writer.flush()?;
+        if req.close {
+            break;
+        }
     }
     Ok(())
 }
@@ -85,6 +158,8 @@ fn read_request(r: &mut impl std::io::BufRead) -> Result<Option<Request>> {
         return Ok(None);
     }
     let method = line.split_whitespace().next().unwrap_or("").to_string();
+    // HTTP/1.0 closes by default, 1.1 keeps the connection open unless told otherwise.
+    let mut close = line.trim_end().ends_with("HTTP/1.0");
     let (mut length, mut chunked, mut head) = (0usize, false, line.len());
     loop {
         line.clear();
@@ -103,6 +178,8 @@ fn read_request(r: &mut impl std::io::BufRead) -> Result<Option<Request>> {
                 length = v.parse().context("bad content-length")?;
             } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
                 chunked = true;
+            } else if k == "connection" {
+                close = v.eq_ignore_ascii_case("close");
             }
         }
     }
@@ -116,7 +193,11 @@ fn read_request(r: &mut impl std::io::BufRead) -> Result<Option<Request>> {
         r.read_exact(&mut b)?;
         b
     };
-    Ok(Some(Request { method, body }))
+    Ok(Some(Request {
+        method,
+        body,
+        close,
+    }))
 }
 
 fn read_chunked(r: &mut impl std::io::BufRead) -> Result<Vec<u8>> {
@@ -161,6 +242,41 @@ fn append(out: &Mutex<PathBuf>, body: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_process_receiver_records_posts() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let rx = InProcessReceiver::start(dir.path()).unwrap();
+        let port: u16 = rx
+            .url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        for body in ["{\"n\":1}", "not json"] {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                s,
+                "POST /webhook HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        let got = rx.received().unwrap();
+        assert_eq!(
+            got,
+            [serde_json::json!({"n": 1}), serde_json::json!("not json")]
+        );
+        drop(rx);
+    }
 
     #[test]
     fn parses_plain_and_chunked_posts() {
