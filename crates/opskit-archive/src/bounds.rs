@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use opskit_core::config::value::Month;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `[lower, upper)` of one calendar month.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonthBounds {
     /// The month.
     pub month: Month,

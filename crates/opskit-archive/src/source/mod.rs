@@ -10,9 +10,32 @@
 
 pub mod mongodb;
 
-use bson::Bson;
+pub mod mysql;
+
+use bson::{Bson, RawDocument};
+use opskit_core::config::ArchiveConfig;
 
 use crate::bounds::MonthBounds;
+
+/// Opens the source named by `archive.source_uri` (connecting lazily where the driver allows).
+/// `time_zone` is the writers' zone (`general.timezone`).
+pub fn open(config: &ArchiveConfig, time_zone: &str) -> anyhow::Result<Box<dyn Source>> {
+    let uri = config.source_uri.as_str();
+    if uri.starts_with("mysql://") {
+        let mut s = mysql::MysqlSource::from_config(config)?;
+        s.set_time_zone(time_zone);
+        return Ok(Box::new(s));
+    }
+    if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") {
+        return open_mongodb(config);
+    }
+    anyhow::bail!("archive.source_uri `{uri}`: unknown scheme (mongodb:// or mysql://)")
+}
+
+/// The MongoDB adapter's entry point.
+fn open_mongodb(config: &ArchiveConfig) -> anyhow::Result<Box<dyn Source>> {
+    Ok(Box::new(mongodb::MongoSource::from_config(config)?))
+}
 
 /// Documents whose date field cannot be compared as a `YYYY-MM-DD HH:MM:SS` string: they are
 /// never matched by a month's bounds, so they are counted and reported on every run.
@@ -89,4 +112,13 @@ pub trait Source: Send {
 
     /// The largest replication lag of the source's replicas in seconds, if it can tell.
     fn replication_lag(&mut self) -> anyhow::Result<Option<f64>>;
+
+    /// Inserts archived documents back, keeping documents already present (restore).
+    /// Returns how many were inserted. Sources that cannot restore say what to use instead.
+    fn insert_documents(&mut self, _docs: &[&RawDocument]) -> anyhow::Result<u64> {
+        anyhow::bail!(
+            "{} cannot restore archives itself; use `mongorestore --gzip` (see the manifest)",
+            self.describe()
+        )
+    }
 }

@@ -26,6 +26,14 @@ pub struct ArchiveConfig {
     pub staging_dir: AbsPath,
     /// gzip level, 1 (fastest) to 9 (smallest).
     pub compression_level: u32,
+    /// Seconds allowed for each call to the source (connect, count, one export batch, one
+    /// delete batch).
+    pub source_timeout_secs: Positive,
+    /// The compression ratio assumed when estimating the archive's size for the free-disk
+    /// check (raw bytes ÷ compressed bytes; user logs typically compress 5-6×).
+    pub expected_compression_ratio: Positive,
+    /// Free space required in `staging_dir`, as a percentage of the estimated archive size.
+    pub free_space_margin_pct: Positive,
     /// The SFTP destination.
     pub sftp: SftpConfig,
     /// How the purge paces itself.
@@ -44,6 +52,9 @@ impl Default for ArchiveConfig {
             on_calendar: "*-*-01 01:00:00".parse().expect("valid default"),
             staging_dir: "/var/lib/opskit/archive".parse().expect("valid default"),
             compression_level: 6,
+            source_timeout_secs: Positive::new(300),
+            expected_compression_ratio: Positive::new(4),
+            free_space_margin_pct: Positive::new(200),
             sftp: SftpConfig::default(),
             purge: PurgeConfig::default(),
         }
@@ -85,6 +96,8 @@ pub struct PurgeConfig {
     pub pause_ms: u64,
     /// Pause while replication lag is above this many seconds.
     pub max_lag_secs: Positive,
+    /// Give up (exit 1, resumable) when the lag stays above `max_lag_secs` this long.
+    pub max_lag_wait_secs: Positive,
 }
 
 impl Default for PurgeConfig {
@@ -93,6 +106,7 @@ impl Default for PurgeConfig {
             batch_size: Positive::new(5000),
             pause_ms: 0,
             max_lag_secs: Positive::new(10),
+            max_lag_wait_secs: Positive::new(3600),
         }
     }
 }

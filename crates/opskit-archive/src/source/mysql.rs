@@ -1,0 +1,714 @@
+//! The MySQL/MariaDB source: the same archive pipeline for a table with a `DATETIME`,
+//! `TIMESTAMP`, `DATE` or `YYYY-MM-DD HH:MM:SS` string column, deleted by primary key.
+//!
+//! Each row becomes one BSON document of its columns (integers as int64, floating point as
+//! double, dates and decimals as strings in MySQL's own text form, binary columns as binary,
+//! NULL as null), so the archive has the same shape for both sources and `opskit archive
+//! restore` can put the rows back with a plain `INSERT`.
+//!
+//! `mysql_async` runs on a current-thread tokio runtime owned by the adapter; every call is
+//! wrapped in a timeout. The export is one streaming query through the date index
+//! (`FORCE INDEX`), read row by row, so memory stays flat whatever the month's size.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use bson::{Bson, RawBsonRef, RawDocument};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Value};
+use opskit_core::config::ArchiveConfig;
+
+use super::{Anomalies, RangeStats, Record, RecordSink, Source};
+use crate::bounds::MonthBounds;
+use crate::rawbson::DocumentWriter;
+
+/// The largest number of ids one `DELETE … IN (…)` carries.
+const MAX_IDS_PER_STATEMENT: usize = 10_000;
+/// How many example ids are reported per kind of anomaly.
+const ANOMALY_EXAMPLES: usize = 3;
+/// The binary character set number (`binary`): such columns are archived as BSON binary.
+const BINARY_CHARSET: u16 = 63;
+
+/// How the date column is typed, which decides how it is compared and formatted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateKind {
+    /// `DATETIME`, `DATE`: compared as values; no time zone.
+    Typed,
+    /// `TIMESTAMP`: shown in the session time zone, which is set to the writers' zone.
+    Timestamp,
+    /// `CHAR`/`VARCHAR`/`TEXT` holding `YYYY-MM-DD HH:MM:SS`: compared as strings.
+    Text,
+}
+
+/// What the adapter learned about the table.
+#[derive(Debug, Clone)]
+struct TableInfo {
+    pk: String,
+    date_kind: DateKind,
+    index: Option<String>,
+}
+
+/// A MySQL/MariaDB table as an archive source.
+pub struct MysqlSource {
+    rt: tokio::runtime::Runtime,
+    opts: mysql_async::Opts,
+    conn: Option<Conn>,
+    described: String,
+    database: String,
+    table: String,
+    date_field: String,
+    time_zone: String,
+    timeout: Duration,
+    info: Option<TableInfo>,
+}
+
+/// Quotes an identifier with backticks.
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// Reads a password file: it must exist and be readable by its owner only (mode 0600).
+pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("archive.source_password_file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "archive.source_password_file {} has mode {mode:o}; it holds a secret and must be 0600",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading archive.source_password_file {}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+impl MysqlSource {
+    /// A source for `[archive]` with a `mysql://user@host:port/` URI. Connects lazily.
+    pub fn from_config(config: &ArchiveConfig) -> anyhow::Result<MysqlSource> {
+        let password = match &config.source_password_file {
+            Some(p) => Some(read_password_file(p.path())?),
+            None => None,
+        };
+        Self::new(
+            &config.source_uri,
+            password,
+            config.database.as_str(),
+            config.collection.as_str(),
+            config.date_field.as_str(),
+            "UTC",
+            Duration::from_secs(config.source_timeout_secs.get()),
+        )
+    }
+
+    /// A source from its parts; `time_zone` is the writers' zone (used for `TIMESTAMP`).
+    pub fn new(
+        uri: &str,
+        password: Option<String>,
+        database: &str,
+        table: &str,
+        date_field: &str,
+        time_zone: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<MysqlSource> {
+        let parsed = mysql_async::Opts::from_url(uri)
+            .map_err(|e| anyhow!("archive.source_uri is not a valid mysql:// URI: {e}"))?;
+        let described = format!(
+            "mysql://{}{}:{}/",
+            parsed.user().map(|u| format!("{u}@")).unwrap_or_default(),
+            parsed.ip_or_hostname(),
+            parsed.tcp_port()
+        );
+        let opts: mysql_async::Opts = OptsBuilder::from_opts(parsed)
+            .pass(password)
+            .db_name(None::<String>)
+            .prefer_socket(false)
+            .into();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the MySQL adapter's runtime")?;
+        Ok(MysqlSource {
+            rt,
+            opts,
+            conn: None,
+            described,
+            database: database.to_string(),
+            table: table.to_string(),
+            date_field: date_field.to_string(),
+            time_zone: time_zone.to_string(),
+            timeout,
+            info: None,
+        })
+    }
+
+    /// Sets the writers' time zone (the session zone for `TIMESTAMP` columns).
+    pub fn set_time_zone(&mut self, tz: &str) {
+        self.time_zone = tz.to_string();
+    }
+
+    fn table_ref(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.database),
+            quote_ident(&self.table)
+        )
+    }
+
+    /// Runs `f` on the connection (connecting first) with the adapter's timeout.
+    fn with_conn<T>(
+        &mut self,
+        what: &str,
+        f: impl for<'c> FnOnce(
+            &'c mut Conn,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = mysql_async::Result<T>> + 'c>,
+        >,
+    ) -> anyhow::Result<T> {
+        let timeout = self.timeout;
+        let server = self.described.clone();
+        if self.conn.is_none() {
+            let opts = self.opts.clone();
+            let conn = self
+                .rt
+                .block_on(tokio::time::timeout(timeout, Conn::new(opts)))
+                .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
+                .with_context(|| format!("connecting to {server}"))?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let result = self.rt.block_on(tokio::time::timeout(timeout, f(conn)));
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)) {
+                    self.conn = None;
+                }
+                Err(anyhow!("{what} on {server}: {e}"))
+            }
+            Err(_) => {
+                // A half-finished query leaves the connection unusable: drop it.
+                self.conn = None;
+                Err(anyhow!("{what} on {server}: no answer within {timeout:?}"))
+            }
+        }
+    }
+
+    fn info(&mut self) -> anyhow::Result<TableInfo> {
+        if let Some(info) = &self.info {
+            return Ok(info.clone());
+        }
+        let (db, table, date) = (
+            self.database.clone(),
+            self.table.clone(),
+            self.date_field.clone(),
+        );
+        let target = format!("{db}.{table}");
+        let exists: Option<u64> = {
+            let (db, table) = (db.clone(), table.clone());
+            self.with_conn("looking up the table", move |c| {
+                Box::pin(c.exec_first(
+                    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (db, table),
+                ))
+            })?
+        };
+        if exists.unwrap_or(0) == 0 {
+            bail!("table {target} does not exist on {}", self.described);
+        }
+        let pk: Vec<String> = {
+            let (db, table) = (db.clone(), table.clone());
+            self.with_conn("reading the primary key", move |c| {
+                Box::pin(c.exec(
+                    "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+                     ORDER BY ORDINAL_POSITION",
+                    (db, table),
+                ))
+            })?
+        };
+        let pk = match pk.as_slice() {
+            [one] => one.clone(),
+            [] => bail!(
+                "table {target} has no primary key; the archive deletes by primary key and refuses tables without one"
+            ),
+            many => bail!(
+                "table {target} has a composite primary key ({}); only single-column keys are supported",
+                many.join(", ")
+            ),
+        };
+        let data_type: Option<String> = {
+            let (db, table, date) = (db.clone(), table.clone(), date.clone());
+            self.with_conn("reading the date column", move |c| {
+                Box::pin(c.exec_first(
+                    "SELECT DATA_TYPE FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                    (db, table, date),
+                ))
+            })?
+        };
+        let Some(data_type) = data_type else {
+            bail!("table {target} has no column `{date}` (archive.date_field)");
+        };
+        let date_kind = match data_type.to_ascii_lowercase().as_str() {
+            "datetime" | "date" => DateKind::Typed,
+            "timestamp" => DateKind::Timestamp,
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => DateKind::Text,
+            other => bail!(
+                "column {target}.{date} is {other}; the date field must be DATETIME, TIMESTAMP, DATE or a YYYY-MM-DD HH:MM:SS string"
+            ),
+        };
+        let index: Option<String> = self.with_conn("looking for the date index", move |c| {
+            Box::pin(c.exec_first(
+                "SELECT INDEX_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ? AND SEQ_IN_INDEX = 1 \
+                 ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME LIMIT 1",
+                (db, table, date),
+            ))
+        })?;
+        if date_kind == DateKind::Timestamp {
+            let tz = self.time_zone.clone();
+            self.with_conn("setting the session time zone", move |c| {
+                Box::pin(c.exec_drop("SET time_zone = ?", (tz,)))
+            })
+            .context(
+                "the date column is a TIMESTAMP, which MySQL shows in the session time zone; \
+                 load the zone tables (mariadb-tzinfo-to-sql) so the writers' zone can be set",
+            )?;
+        }
+        let info = TableInfo {
+            pk,
+            date_kind,
+            index,
+        };
+        self.info = Some(info.clone());
+        Ok(info)
+    }
+
+    fn from_clause(&self, info: &TableInfo) -> String {
+        match &info.index {
+            Some(idx) => format!("{} FORCE INDEX ({})", self.table_ref(), quote_ident(idx)),
+            None => self.table_ref(),
+        }
+    }
+
+    /// The export query: the month through the date index, in (date, key) order.
+    pub fn export_sql(&mut self) -> anyhow::Result<String> {
+        let info = self.info()?;
+        Ok(format!(
+            "SELECT * FROM {} WHERE {d} >= ? AND {d} < ? ORDER BY {d}, {pk}",
+            self.from_clause(&info),
+            d = quote_ident(&self.date_field),
+            pk = quote_ident(&info.pk)
+        ))
+    }
+
+    /// The delete statement for `n` ids.
+    pub fn delete_sql(&mut self, n: usize) -> anyhow::Result<String> {
+        let info = self.info()?;
+        let marks = vec!["?"; n].join(",");
+        Ok(format!(
+            "DELETE FROM {} WHERE {} IN ({marks}) AND {d} >= ? AND {d} < ?",
+            self.table_ref(),
+            quote_ident(&info.pk),
+            d = quote_ident(&self.date_field)
+        ))
+    }
+
+    /// Inserts archived documents back (`INSERT IGNORE`: rows already present are kept).
+    /// Returns the number of rows inserted.
+    pub fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
+        let Some(first) = docs.first() else {
+            return Ok(0);
+        };
+        let columns: Vec<String> = first
+            .iter()
+            .map(|e| e.map(|(k, _)| k.to_string()))
+            .collect::<Result<_, _>>()
+            .context("reading an archived document")?;
+        let mut params: Vec<Value> = Vec::with_capacity(docs.len() * columns.len());
+        for doc in docs {
+            for col in &columns {
+                let v = doc
+                    .get(col)
+                    .context("reading an archived document")?
+                    .map(bson_to_mysql)
+                    .transpose()?
+                    .unwrap_or(Value::NULL);
+                params.push(v);
+            }
+        }
+        let row = format!("({})", vec!["?"; columns.len()].join(","));
+        let sql = format!(
+            "INSERT IGNORE INTO {} ({}) VALUES {}",
+            self.table_ref(),
+            columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(","),
+            vec![row; docs.len()].join(",")
+        );
+        self.with_conn("inserting restored rows", move |c| {
+            Box::pin(async move {
+                c.exec_drop(sql, params).await?;
+                Ok(c.affected_rows())
+            })
+        })
+    }
+}
+
+fn bson_to_mysql(v: RawBsonRef<'_>) -> anyhow::Result<Value> {
+    Ok(match v {
+        RawBsonRef::Null => Value::NULL,
+        RawBsonRef::String(s) => Value::Bytes(s.as_bytes().to_vec()),
+        RawBsonRef::Int32(i) => Value::Int(i.into()),
+        RawBsonRef::Int64(i) => Value::Int(i),
+        RawBsonRef::Double(f) => Value::Double(f),
+        RawBsonRef::Boolean(b) => Value::Int(b.into()),
+        RawBsonRef::Binary(b) => Value::Bytes(b.bytes.to_vec()),
+        RawBsonRef::DateTime(d) => Value::Bytes(
+            d.try_to_rfc3339_string()
+                .unwrap_or_default()
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .as_bytes()
+                .to_vec(),
+        ),
+        other => bail!(
+            "a {:?} value cannot be inserted into a MySQL column",
+            other.element_type()
+        ),
+    })
+}
+
+fn format_date(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, date_only: bool) -> String {
+    if date_only {
+        format!("{y:04}-{mo:02}-{d:02}")
+    } else if us > 0 {
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    }
+}
+
+/// Appends one column value to the document; returns its text form when `want_text`.
+fn append_value(
+    doc: &mut DocumentWriter,
+    name: &str,
+    col: &mysql_async::Column,
+    value: &Value,
+    want_text: bool,
+) -> Option<String> {
+    use mysql_async::consts::ColumnType as T;
+    match value {
+        Value::NULL => {
+            doc.null(name);
+            None
+        }
+        Value::Int(i) => {
+            doc.int64(name, *i);
+            want_text.then(|| i.to_string())
+        }
+        Value::UInt(u) => {
+            match i64::try_from(*u) {
+                Ok(i) => doc.int64(name, i),
+                Err(_) => doc.string(name, &u.to_string()),
+            }
+            want_text.then(|| u.to_string())
+        }
+        Value::Float(f) => {
+            doc.double(name, f64::from(*f));
+            None
+        }
+        Value::Double(f) => {
+            doc.double(name, *f);
+            None
+        }
+        Value::Date(y, mo, d, h, mi, s, us) => {
+            let date_only = col.column_type() == T::MYSQL_TYPE_DATE;
+            let text = format_date(*y, *mo, *d, *h, *mi, *s, *us, date_only);
+            doc.string(name, &text);
+            Some(text)
+        }
+        Value::Time(neg, days, h, m, s, us) => {
+            let hours = u32::from(*h) + days * 24;
+            let sign = if *neg { "-" } else { "" };
+            let text = if *us > 0 {
+                format!("{sign}{hours:02}:{m:02}:{s:02}.{us:06}")
+            } else {
+                format!("{sign}{hours:02}:{m:02}:{s:02}")
+            };
+            doc.string(name, &text);
+            None
+        }
+        Value::Bytes(b) => {
+            let textual = col.character_set() != BINARY_CHARSET
+                || matches!(
+                    col.column_type(),
+                    T::MYSQL_TYPE_DECIMAL | T::MYSQL_TYPE_NEWDECIMAL
+                );
+            match std::str::from_utf8(b) {
+                Ok(s) if textual => {
+                    doc.string(name, s);
+                    want_text.then(|| s.to_string())
+                }
+                _ => {
+                    doc.binary(name, b);
+                    None
+                }
+            }
+        }
+    }
+}
+
+impl Source for MysqlSource {
+    fn describe(&self) -> String {
+        format!("{}{}.{}", self.described, self.database, self.table)
+    }
+
+    fn id_field(&self) -> &str {
+        self.info.as_ref().map_or("id", |i| i.pk.as_str())
+    }
+
+    fn ping(&mut self) -> anyhow::Result<()> {
+        self.with_conn("ping", |c| Box::pin(c.ping()))?;
+        self.info()?;
+        Ok(())
+    }
+
+    fn range_stats(&mut self, bounds: &MonthBounds) -> anyhow::Result<RangeStats> {
+        let info = self.info()?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {d} >= ? AND {d} < ?",
+            self.from_clause(&info),
+            d = quote_ident(&self.date_field)
+        );
+        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        let count: Option<u64> = self.with_conn("counting the month", move |c| {
+            Box::pin(c.exec_first(sql, (lo, hi)))
+        })?;
+        let (db, table) = (self.database.clone(), self.table.clone());
+        let avg: Option<Option<u64>> = self.with_conn("reading table statistics", move |c| {
+            Box::pin(c.exec_first(
+                "SELECT AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, table),
+            ))
+        })?;
+        Ok(RangeStats {
+            count: count.unwrap_or(0),
+            avg_record_bytes: avg.flatten().filter(|a| *a > 0),
+            index: info.index,
+        })
+    }
+
+    fn anomalies(&mut self) -> anyhow::Result<Anomalies> {
+        let info = self.info()?;
+        let d = quote_ident(&self.date_field);
+        let pk = quote_ident(&info.pk);
+        let t = self.table_ref();
+        let mut out = Anomalies::default();
+        let missing_where = format!("{d} IS NULL");
+        let malformed_where = match info.date_kind {
+            DateKind::Text => Some(format!(
+                "{d} IS NOT NULL AND (CHAR_LENGTH({d}) <> 19 OR {d} NOT REGEXP '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} [0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}$')"
+            )),
+            // Zero dates (`0000-00-00`) sort before every month and are never archived.
+            DateKind::Typed | DateKind::Timestamp => Some(format!("{d} < '1000-01-01'")),
+        };
+        let mut kinds = vec![("missing", missing_where)];
+        if let Some(m) = malformed_where {
+            kinds.push(("malformed", m));
+        }
+        for (kind, cond) in kinds {
+            let count_sql = format!("SELECT COUNT(*) FROM {t} WHERE {cond}");
+            let n: Option<u64> = self.with_conn("counting date anomalies", move |c| {
+                Box::pin(c.query_first(count_sql))
+            })?;
+            let n = n.unwrap_or(0);
+            if n > 0 {
+                let ex_sql = format!(
+                    "SELECT CAST({pk} AS CHAR) FROM {t} WHERE {cond} LIMIT {ANOMALY_EXAMPLES}"
+                );
+                let ids: Vec<String> =
+                    self.with_conn("listing date anomalies", move |c| Box::pin(c.query(ex_sql)))?;
+                out.examples.extend(
+                    ids.into_iter()
+                        .map(|id| format!("{kind}: {}={id}", info.pk)),
+                );
+            }
+            match kind {
+                "missing" => out.missing = n,
+                _ => out.malformed = n,
+            }
+        }
+        Ok(out)
+    }
+
+    fn export(&mut self, bounds: &MonthBounds, sink: &mut dyn RecordSink) -> anyhow::Result<()> {
+        let info = self.info()?;
+        let sql = self.export_sql()?;
+        let timeout = self.timeout;
+        let server = self.described.clone();
+        let date_field = self.date_field.clone();
+        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        // Connect (or reconnect) through with_conn, then stream on the raw connection.
+        self.with_conn("preparing the export", |c| {
+            Box::pin(c.query_drop("SET SESSION net_write_timeout = 600"))
+        })?;
+        let conn = self.conn.as_mut().expect("connected by with_conn");
+        let result: anyhow::Result<()> = self.rt.block_on(async {
+            let mut rows = tokio::time::timeout(timeout, conn.exec_iter(sql.as_str(), (lo, hi)))
+                .await
+                .map_err(|_| anyhow!("export query on {server}: no answer within {timeout:?}"))?
+                .with_context(|| format!("export query on {server}"))?;
+            let mut doc = DocumentWriter::default();
+            let mut pk_idx = None;
+            let mut date_idx = None;
+            loop {
+                let row = tokio::time::timeout(timeout, rows.next())
+                    .await
+                    .map_err(|_| anyhow!("reading rows from {server}: no row within {timeout:?}"))?
+                    .with_context(|| format!("reading rows from {server}"))?;
+                let Some(row) = row else { break };
+                let cols = row.columns_ref();
+                let pk_i = *pk_idx.get_or_insert_with(|| {
+                    cols.iter().position(|c| c.name_str() == info.pk.as_str())
+                });
+                let date_i = *date_idx.get_or_insert_with(|| {
+                    cols.iter()
+                        .position(|c| c.name_str() == date_field.as_str())
+                });
+                let (Some(pk_i), Some(date_i)) = (pk_i, date_i) else {
+                    bail!("the export query did not return the key and date columns");
+                };
+                doc.begin();
+                let mut id = Bson::Null;
+                let mut date = String::new();
+                for (i, col) in cols.iter().enumerate() {
+                    let value = row.as_ref(i).unwrap_or(&Value::NULL);
+                    let name = col.name_str();
+                    let text = append_value(&mut doc, &name, col, value, i == pk_i || i == date_i);
+                    if i == pk_i {
+                        id = match value {
+                            Value::Int(v) => Bson::Int64(*v),
+                            Value::UInt(v) => match i64::try_from(*v) {
+                                Ok(v) => Bson::Int64(v),
+                                Err(_) => Bson::String(v.to_string()),
+                            },
+                            _ => Bson::String(text.unwrap_or_default()),
+                        };
+                    } else if i == date_i {
+                        date = text.unwrap_or_default();
+                    }
+                }
+                sink.accept(Record {
+                    id: &id,
+                    date: &date,
+                    raw: doc.finish(),
+                })?;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            // A half-read result set leaves the connection unusable.
+            self.conn = None;
+        }
+        result
+    }
+
+    fn delete_ids(&mut self, ids: &[Bson], bounds: &MonthBounds) -> anyhow::Result<u64> {
+        let mut deleted = 0;
+        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+            let sql = self.delete_sql(chunk.len())?;
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() + 2);
+            for id in chunk {
+                params.push(match id {
+                    Bson::Int64(i) => Value::Int(*i),
+                    Bson::Int32(i) => Value::Int((*i).into()),
+                    Bson::String(s) => Value::Bytes(s.as_bytes().to_vec()),
+                    other => bail!(
+                        "an archived id of type {:?} cannot be a MySQL key",
+                        other.element_type()
+                    ),
+                });
+            }
+            params.push(Value::Bytes(bounds.lower.as_bytes().to_vec()));
+            params.push(Value::Bytes(bounds.upper.as_bytes().to_vec()));
+            deleted += self.with_conn("deleting a batch", move |c| {
+                Box::pin(async move {
+                    c.exec_drop(sql, params).await?;
+                    Ok(c.affected_rows())
+                })
+            })?;
+        }
+        Ok(deleted)
+    }
+
+    fn replication_lag(&mut self) -> anyhow::Result<Option<f64>> {
+        // A primary does not know its replicas' lag; replicas are watched by `opskit mysql`.
+        Ok(None)
+    }
+
+    fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
+        MysqlSource::insert_documents(self, docs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("user_logs"), "`user_logs`");
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn the_uri_is_described_without_a_password() {
+        let s = MysqlSource::new(
+            "mysql://root@127.0.0.1:3307/",
+            Some("secret".into()),
+            "test",
+            "user_logs",
+            "create_on",
+            "UTC",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(s.describe(), "mysql://root@127.0.0.1:3307/test.user_logs");
+        assert!(!s.describe().contains("secret"));
+    }
+
+    #[test]
+    fn a_world_readable_password_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "pw\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            read_password_file(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("0600")
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password_file(&p).unwrap(), "pw");
+    }
+
+    #[test]
+    fn dates_format_like_mysql() {
+        assert_eq!(
+            format_date(2024, 1, 5, 3, 3, 11, 0, false),
+            "2024-01-05 03:03:11"
+        );
+        assert_eq!(format_date(2024, 1, 5, 0, 0, 0, 0, true), "2024-01-05");
+        assert_eq!(
+            format_date(2024, 1, 5, 3, 3, 11, 500, false),
+            "2024-01-05 03:03:11.000500"
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! The staged archive: `<name>.bson.gz` (concatenated BSON documents, one gzip member) plus
+//! `<name>.bson.gz.manifest.json`, written so that a crash never leaves a file that looks
+//! complete and is not.
+//!
+//! The writer streams: the exporting thread appends documents to a 1 MiB buffer; full buffers
+//! go through a bounded channel (4 deep) to a compressor thread that gzips, hashes the
+//! compressed bytes and writes `<name>.partial`. Memory is bounded by the channel, whatever the
+//! month's size. `finish` fsyncs, renames `.partial` to the final name, fsyncs the directory
+//! and only then writes the manifest atomically.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use anyhow::{Context as _, bail};
+use bson::Bson;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bounds::MonthBounds;
+use crate::rawbson::DocumentReader;
+use crate::source::{Record, RecordSink};
+
+/// The format tag written in every manifest.
+pub const FORMAT: &str = "bson-concat+gzip/v1";
+
+const CHUNK: usize = 1 << 20;
+
+/// What an archive holds, written beside it and uploaded with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveManifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The archive's file name (no directory).
+    pub file: String,
+    /// The source without secrets (`mysql://root@127.0.0.1:3306/`).
+    pub source: String,
+    /// Database or schema.
+    pub database: String,
+    /// Collection or table.
+    pub collection: String,
+    /// The date field.
+    pub date_field: String,
+    /// The id field (`_id` or the primary key column).
+    pub id_field: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Which pass over the month (0 = the main run, k = the k-th late pass).
+    pub pass: u32,
+    /// The half-open bounds, strings and instants.
+    pub bounds: MonthBounds,
+    /// Documents in the file.
+    pub count: u64,
+    /// Uncompressed bytes (the BSON stream).
+    pub raw_bytes: u64,
+    /// Bytes of the `.bson.gz` file.
+    pub compressed_bytes: u64,
+    /// sha256 of the `.bson.gz` file, hex.
+    pub sha256: String,
+    /// Smallest date value in the file.
+    pub min_date: Option<String>,
+    /// Largest date value in the file.
+    pub max_date: Option<String>,
+    /// The first document's id (relaxed Extended JSON).
+    pub first_id: Option<serde_json::Value>,
+    /// The last document's id (relaxed Extended JSON).
+    pub last_id: Option<serde_json::Value>,
+    /// When the export finished (UTC).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The opskit version that wrote it.
+    pub opskit_version: String,
+    /// How to restore it.
+    pub restore: Vec<String>,
+}
+
+impl ArchiveManifest {
+    /// The manifest path for an archive path.
+    pub fn path_for(archive: &Path) -> PathBuf {
+        let mut s = archive.as_os_str().to_owned();
+        s.push(".manifest.json");
+        PathBuf::from(s)
+    }
+
+    /// Reads and parses a manifest file.
+    pub fn load(path: &Path) -> anyhow::Result<ArchiveManifest> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading manifest {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing manifest {}", path.display()))
+    }
+
+    /// The manifest as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifests serialize") + "\n"
+    }
+}
+
+/// Identity of the archive being written, for the manifest.
+#[derive(Debug, Clone)]
+pub struct ArchiveIdentity {
+    /// See [`ArchiveManifest::source`].
+    pub source: String,
+    /// See [`ArchiveManifest::database`].
+    pub database: String,
+    /// See [`ArchiveManifest::collection`].
+    pub collection: String,
+    /// See [`ArchiveManifest::date_field`].
+    pub date_field: String,
+    /// See [`ArchiveManifest::id_field`].
+    pub id_field: String,
+    /// See [`ArchiveManifest::pass`].
+    pub pass: u32,
+    /// See [`ArchiveManifest::bounds`].
+    pub bounds: MonthBounds,
+}
+
+/// A writer that counts and hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Compressed {
+    sha256: String,
+    bytes: u64,
+}
+
+/// Streams records into `<path>.partial`; [`ArchiveWriter::finish`] makes it final.
+pub struct ArchiveWriter {
+    path: PathBuf,
+    partial: PathBuf,
+    identity: ArchiveIdentity,
+    buf: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+    recycled: Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<anyhow::Result<Compressed>>>,
+    count: u64,
+    raw_bytes: u64,
+    min_date: Option<String>,
+    max_date: Option<String>,
+    first_id: Option<Bson>,
+    last_id: Option<Bson>,
+    on_chunk: Option<Box<dyn FnMut(u64, u64) + Send>>,
+}
+
+impl ArchiveWriter {
+    /// Creates `<path>.partial` (truncating any leftover of a crashed run) and starts the
+    /// compressor thread at gzip `level`.
+    pub fn create(path: &Path, level: u32, identity: ArchiveIdentity) -> anyhow::Result<Self> {
+        let partial = partial_path(path);
+        let file =
+            File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let (back_tx, recycled) = sync_channel::<Vec<u8>>(6);
+        let name = partial.display().to_string();
+        let worker = std::thread::Builder::new()
+            .name("archive-gzip".into())
+            .spawn(move || compress(rx, back_tx, file, level, &name))
+            .context("starting the compressor thread")?;
+        Ok(ArchiveWriter {
+            path: path.to_path_buf(),
+            partial,
+            identity,
+            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+            tx: Some(tx),
+            recycled,
+            worker: Some(worker),
+            count: 0,
+            raw_bytes: 0,
+            min_date: None,
+            max_date: None,
+            first_id: None,
+            last_id: None,
+            on_chunk: None,
+        })
+    }
+
+    /// Calls `f(documents, raw_bytes)` each time a chunk is handed to the compressor
+    /// (progress, test pause points).
+    pub fn on_chunk(&mut self, f: impl FnMut(u64, u64) + Send + 'static) {
+        self.on_chunk = Some(Box::new(f));
+    }
+
+    /// Documents accepted so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn send_chunk(&mut self) -> anyhow::Result<()> {
+        let next = self
+            .recycled
+            .try_recv()
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK + 64 * 1024));
+        let chunk = std::mem::replace(&mut self.buf, next);
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send(chunk).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            // The compressor stopped: its error says why (disk full, I/O error).
+            return Err(self
+                .join_worker()
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the compressor thread stopped unexpectedly")));
+        }
+        if let Some(f) = self.on_chunk.as_mut() {
+            f(self.count, self.raw_bytes);
+        }
+        Ok(())
+    }
+
+    fn join_worker(&mut self) -> anyhow::Result<Compressed> {
+        self.tx.take();
+        match self.worker.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the compressor thread panicked"))?,
+            None => bail!("the compressor thread already stopped"),
+        }
+    }
+
+    /// Flushes, fsyncs, renames `.partial` to the final name, fsyncs the directory and
+    /// writes the manifest atomically. Returns the manifest.
+    pub fn finish(mut self) -> anyhow::Result<ArchiveManifest> {
+        if !self.buf.is_empty() {
+            self.send_chunk()?;
+        }
+        let compressed = self.join_worker()?;
+        std::fs::rename(&self.partial, &self.path).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                self.partial.display(),
+                self.path.display()
+            )
+        })?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("fsync of directory {}", dir.display()))?;
+        }
+        let id = &self.identity;
+        let file = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let manifest = ArchiveManifest {
+            format: FORMAT.into(),
+            file: file.clone(),
+            source: id.source.clone(),
+            database: id.database.clone(),
+            collection: id.collection.clone(),
+            date_field: id.date_field.clone(),
+            id_field: id.id_field.clone(),
+            month: id.bounds.month.to_string(),
+            pass: id.pass,
+            bounds: id.bounds.clone(),
+            count: self.count,
+            raw_bytes: self.raw_bytes,
+            compressed_bytes: compressed.bytes,
+            sha256: compressed.sha256,
+            min_date: self.min_date.take(),
+            max_date: self.max_date.take(),
+            first_id: self.first_id.take().map(|b| b.into_relaxed_extjson()),
+            last_id: self.last_id.take().map(|b| b.into_relaxed_extjson()),
+            created_at: chrono::Utc::now(),
+            opskit_version: env!("CARGO_PKG_VERSION").into(),
+            restore: vec![
+                format!("opskit archive restore --file {file} --target <mysql://… or mongodb://…>"),
+                format!(
+                    "mongorestore --gzip --nsInclude={db}.{coll} --db={db} --collection={coll} {file}",
+                    db = id.database,
+                    coll = id.collection
+                ),
+            ],
+        };
+        opskit_core::util::write_atomic(
+            &ArchiveManifest::path_for(&self.path),
+            manifest.to_json().as_bytes(),
+            0o644,
+        )?;
+        Ok(manifest)
+    }
+
+    /// Stops writing and removes the partial file (used when the export fails).
+    pub fn abandon(mut self) {
+        let _ = self.join_worker();
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+impl RecordSink for ArchiveWriter {
+    fn accept(&mut self, record: Record<'_>) -> anyhow::Result<()> {
+        self.buf.extend_from_slice(record.raw);
+        self.count += 1;
+        self.raw_bytes += record.raw.len() as u64;
+        if self.first_id.is_none() {
+            self.first_id = Some(record.id.clone());
+        }
+        // Ids are cheap to clone except for huge strings; the last one is kept for the manifest.
+        self.last_id = Some(record.id.clone());
+        if self.min_date.as_deref().is_none_or(|m| record.date < m) {
+            self.min_date = Some(record.date.to_string());
+        }
+        if self.max_date.as_deref().is_none_or(|m| record.date > m) {
+            self.max_date = Some(record.date.to_string());
+        }
+        if self.buf.len() >= CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(())
+    }
+}
+
+fn compress(
+    rx: Receiver<Vec<u8>>,
+    back: SyncSender<Vec<u8>>,
+    file: File,
+    level: u32,
+    name: &str,
+) -> anyhow::Result<Compressed> {
+    let hashing = HashingWriter {
+        inner: BufWriter::with_capacity(CHUNK, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut gz = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(level));
+    for chunk in rx {
+        gz.write_all(&chunk)
+            .with_context(|| format!("writing {name}"))?;
+        let _ = back.try_send(chunk);
+    }
+    let mut hashing = gz.finish().with_context(|| format!("writing {name}"))?;
+    hashing.flush().with_context(|| format!("writing {name}"))?;
+    let HashingWriter {
+        inner,
+        hasher,
+        bytes,
+    } = hashing;
+    let file = inner
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing {name}: {}", e.error()))?;
+    file.sync_all()
+        .with_context(|| format!("fsync of {name}"))?;
+    Ok(Compressed {
+        sha256: hex::encode(hasher.finalize()),
+        bytes,
+    })
+}
+
+/// `<path>.partial`.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// sha256 (hex) and size of a file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// What a full check of a local archive found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCheck {
+    /// sha256 of the file.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Documents decoded from it.
+    pub count: u64,
+}
+
+/// Checks a local archive against its manifest: size and sha256 of the file, and every
+/// document decoded (gzip CRC included) and counted. `Err` names what differs.
+pub fn verify_local(path: &Path, manifest: &ArchiveManifest) -> anyhow::Result<LocalCheck> {
+    let (sha256, bytes) = sha256_file(path)?;
+    if bytes != manifest.compressed_bytes || sha256 != manifest.sha256 {
+        bail!(
+            "{} does not match its manifest: {bytes} bytes sha256 {sha256}, the manifest says {} bytes sha256 {}",
+            path.display(),
+            manifest.compressed_bytes,
+            manifest.sha256
+        );
+    }
+    let count = count_documents(path)?;
+    if count != manifest.count {
+        bail!(
+            "{} holds {count} documents, its manifest says {}",
+            path.display(),
+            manifest.count
+        );
+    }
+    Ok(LocalCheck {
+        sha256,
+        bytes,
+        count,
+    })
+}
+
+/// Opens an archive for reading documents back.
+pub fn open_documents(path: &Path) -> anyhow::Result<DocumentReader<impl Read + use<>>> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(DocumentReader::new(flate2::read::MultiGzDecoder::new(
+        BufReader::with_capacity(CHUNK, f),
+    )))
+}
+
+/// Decodes every document of an archive and counts them.
+pub fn count_documents(path: &Path) -> anyhow::Result<u64> {
+    let mut r = open_documents(path)?;
+    while r
+        .next_document()
+        .with_context(|| format!("decoding {}", path.display()))?
+        .is_some()
+    {}
+    Ok(r.count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rawbson::DocumentWriter;
+
+    fn identity() -> ArchiveIdentity {
+        ArchiveIdentity {
+            source: "mysql://root@127.0.0.1:3306/".into(),
+            database: "test".into(),
+            collection: "user_logs".into(),
+            date_field: "create_on".into(),
+            id_field: "id".into(),
+            pass: 0,
+            bounds: MonthBounds::new("2024-01".parse().unwrap(), chrono_tz::Asia::Shanghai),
+        }
+    }
+
+    fn write(dir: &Path, n: i64) -> (PathBuf, ArchiveManifest) {
+        let path = dir.join("test.user_logs.2024-01.bson.gz");
+        let mut w = ArchiveWriter::create(&path, 6, identity()).unwrap();
+        let mut doc = DocumentWriter::default();
+        for i in 0..n {
+            let date = format!("2024-01-{:02} 00:00:00", 1 + (i % 28));
+            doc.begin();
+            doc.int64("id", i);
+            doc.string("create_on", &date);
+            doc.string("msg", &"x".repeat(150));
+            let id = Bson::Int64(i);
+            w.accept(Record {
+                id: &id,
+                date: &date,
+                raw: doc.finish(),
+            })
+            .unwrap();
+        }
+        let m = w.finish().unwrap();
+        (path, m)
+    }
+
+    #[test]
+    fn finished_archive_matches_its_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = write(dir.path(), 20_000);
+        assert!(!partial_path(&path).exists());
+        assert_eq!(m.count, 20_000);
+        assert_eq!(m.min_date.as_deref(), Some("2024-01-01 00:00:00"));
+        assert_eq!(m.max_date.as_deref(), Some("2024-01-28 00:00:00"));
+        assert_eq!(m.first_id, Some(serde_json::json!(0)));
+        assert_eq!(m.last_id, Some(serde_json::json!(19_999)));
+        let check = verify_local(&path, &m).unwrap();
+        assert_eq!(check.count, 20_000);
+        assert_eq!(
+            ArchiveManifest::load(&ArchiveManifest::path_for(&path)).unwrap(),
+            m
+        );
+        // gzip -t agrees that this is one valid gzip stream.
+        let st = std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(&path)
+            .status();
+        if let Ok(st) = st {
+            assert!(st.success());
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = write(dir.path(), 100);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = verify_local(&path, &m).unwrap_err().to_string();
+        assert!(e.contains("does not match its manifest"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_month_is_a_valid_empty_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = write(dir.path(), 0);
+        assert_eq!(m.count, 0);
+        assert_eq!(verify_local(&path, &m).unwrap().count, 0);
+    }
+}

@@ -1,0 +1,51 @@
+//! A test-only pause point, so the kill -9 tests can stop the real binary at a known place.
+//!
+//! `OPSKIT_TEST_PAUSE_AT=<stage>:<counter>=<n>` (for example `purge:batch=3`,
+//! `export:records=2000`, `upload:bytes=1`) makes the run print
+//! `OPSKIT_TEST_PAUSED <stage>:<counter>=<n>` to stderr and sleep for an hour the first time
+//! that counter reaches `n` in that stage. The test waits for the line, then kills the
+//! process. Unset (always, in production) it costs one cached environment lookup. It never
+//! changes what the run does, only when it does it.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The environment variable.
+pub const PAUSE_ENV: &str = "OPSKIT_TEST_PAUSE_AT";
+
+struct PausePoint {
+    stage: String,
+    counter: String,
+    at: u64,
+}
+
+fn point() -> Option<&'static PausePoint> {
+    static POINT: OnceLock<Option<PausePoint>> = OnceLock::new();
+    POINT
+        .get_or_init(|| {
+            let v = std::env::var(PAUSE_ENV).ok()?;
+            let (stage, rest) = v.split_once(':')?;
+            let (counter, at) = rest.split_once('=')?;
+            Some(PausePoint {
+                stage: stage.to_string(),
+                counter: counter.to_string(),
+                at: at.parse().ok()?,
+            })
+        })
+        .as_ref()
+}
+
+/// Pauses (for an hour) the first time `counter` of `stage` reaches the configured value.
+pub fn pause_point(stage: &str, counter: &str, value: u64) {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let Some(p) = point() else { return };
+    if p.stage == stage
+        && p.counter == counter
+        && value >= p.at
+        && !FIRED.swap(true, Ordering::SeqCst)
+    {
+        eprintln!("OPSKIT_TEST_PAUSED {stage}:{counter}={}", p.at);
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
