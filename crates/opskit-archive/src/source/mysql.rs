@@ -173,13 +173,15 @@ impl MysqlSource {
             let opts = self.opts.clone();
             let conn = self
                 .rt
-                .block_on(tokio::time::timeout(timeout, Conn::new(opts)))
+                .block_on(async { tokio::time::timeout(timeout, Conn::new(opts)).await })
                 .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
                 .with_context(|| format!("connecting to {server}"))?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let result = self.rt.block_on(tokio::time::timeout(timeout, f(conn)));
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, f(conn)).await });
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
