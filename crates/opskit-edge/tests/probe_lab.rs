@@ -37,3 +37,69 @@ fn every_check_passes_against_the_lab() {
         "with fixtures staged nothing is skipped: {skipped:?}"
     );
 }
+
+/// Reloads the lab edge with a deliberately broken variant of the rendered config and checks
+/// that exactly the right probe check notices.
+fn assert_breakage_is_caught(
+    rig: &EdgeRig,
+    from: &str,
+    to: &str,
+    groups: &[probe::Group],
+    check: &str,
+) {
+    let good = opskit_edge::render::render(&rig.settings);
+    let broken = good.replacen(from, to, 1);
+    assert_ne!(broken, good, "`{from}` is not in the rendered config");
+    rig.reload_with(&broken).unwrap();
+    let mut o = options(rig);
+    o.groups = groups.to_vec();
+    let report = probe::run(&rig.settings, &o).unwrap();
+    print!("{}", report.render_table());
+    assert_eq!(
+        report.verdict(check),
+        Some(Verdict::Fail),
+        "{check} did not catch `{from}` → `{to}`"
+    );
+    rig.reload_with(&good).unwrap();
+}
+
+#[test]
+fn the_right_checks_fail_against_broken_configs() {
+    use probe::Group;
+    let (_dir, rig) = start_rig(&NginxConfig::default());
+    assert_breakage_is_caught(
+        &rig,
+        "            limit_req zone=api;\n",
+        "",
+        &[Group::Rate],
+        "rate.excess_gets_429",
+    );
+    assert_breakage_is_caught(
+        &rig,
+        "        if ($is_bot) {\n            return 418;\n        }\n",
+        "",
+        &[Group::Bot],
+        "bot.routed_case_insensitive",
+    );
+    assert_breakage_is_caught(
+        &rig,
+        "return 301 https",
+        "return 302 https",
+        &[Group::Redirect],
+        "redirect.301_path_query",
+    );
+    assert_breakage_is_caught(
+        &rig,
+        "try_files /index.html /public/index.html",
+        "try_files /public/index.html /index.html",
+        &[Group::Fallback],
+        "fallback.index_first",
+    );
+    assert_breakage_is_caught(
+        &rig,
+        "/api/landing$is_args$args",
+        "/api/landing",
+        &[Group::Fallback],
+        "fallback.landing_last_query_kept",
+    );
+}

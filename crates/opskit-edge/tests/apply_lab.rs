@@ -1,0 +1,154 @@
+//! `apply` against a real edge: a good deploy goes live; a config that fails `nginx -t` and a
+//! config that fails the probe are both rolled back to the previous config, which keeps
+//! serving.
+
+use std::path::Path;
+
+use opskit_core::config::NginxConfig;
+use opskit_core::engine::{self, EngineOptions, RunOutcome};
+use opskit_edge::apply::{self, Deploy};
+use opskit_edge::probe::{self, Group, ProbeOptions};
+use opskit_edge::render;
+use opskit_edge::rig::{BOT_MARKER, EdgeRig, RigLayout};
+
+fn probe_options(settings: &NginxConfig) -> ProbeOptions {
+    let mut o = ProbeOptions::from_settings(settings);
+    o.bot_marker = Some(BOT_MARKER.into());
+    o.groups = vec![Group::Redirect, Group::Api];
+    o
+}
+
+fn deploy(rig: &EdgeRig, state: &Path, new: &NginxConfig) -> engine::RunReport {
+    let now = chrono::Utc::now();
+    let d = Deploy::new(new, render::render(new), state, probe_options(new), now);
+    let opts = EngineOptions {
+        state_dir: state.to_path_buf(),
+        alerter: None,
+        metrics: None,
+        progress: false,
+    };
+    let _ = rig;
+    engine::run(apply::plan(&d, now), &opts).unwrap()
+}
+
+fn live_config(rig: &EdgeRig) -> String {
+    std::fs::read_to_string(rig.settings.config_path.path()).unwrap()
+}
+
+fn still_serving(rig: &EdgeRig) {
+    let report = probe::run(&rig.settings, &probe_options(&rig.settings)).unwrap();
+    assert!(
+        report.passed(),
+        "the previous config no longer serves: {:?}",
+        report.failed()
+    );
+}
+
+#[test]
+fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
+    let dir = tempfile::Builder::new()
+        .prefix("opskit-apply-test-")
+        .tempdir()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let layout = RigLayout::with_free_ports(dir.path()).unwrap();
+    let rig = EdgeRig::start(layout, &NginxConfig::default()).unwrap();
+    let original = live_config(&rig);
+
+    // A good change (burst 2) goes live.
+    let mut good = rig.settings.clone();
+    good.api_burst = 2;
+    let report = deploy(&rig, state.path(), &good);
+    assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:?}");
+    let deployed = live_config(&rig);
+    assert_eq!(deployed, render::render(&good));
+    assert_ne!(deployed, original);
+
+    // nginx -t fails (the certificate does not exist): the file is restored, nothing reloaded.
+    let mut broken = good.clone();
+    broken.tls_certificate = dir
+        .path()
+        .join("pki/missing.crt")
+        .to_string_lossy()
+        .parse()
+        .unwrap();
+    let report = deploy(&rig, state.path(), &broken);
+    match &report.outcome {
+        RunOutcome::Failed {
+            step,
+            rolled_back,
+            error,
+        } => {
+            assert_eq!(step, "test", "{error}");
+            assert!(rolled_back);
+            assert!(error.contains("missing.crt"), "{error}");
+        }
+        other => panic!("expected a rolled-back failure, got {other:?}"),
+    }
+    assert_eq!(report.undone, vec!["write".to_string()]);
+    assert_eq!(
+        live_config(&rig),
+        deployed,
+        "the previous config was not restored"
+    );
+    still_serving(&rig);
+
+    // nginx -t passes but php-fpm's socket is wrong: the probe fails, file and reload undone.
+    let mut wrong_socket = good.clone();
+    wrong_socket.php_fpm_socket = dir
+        .path()
+        .join("run/nowhere.sock")
+        .to_string_lossy()
+        .parse()
+        .unwrap();
+    let report = deploy(&rig, state.path(), &wrong_socket);
+    match &report.outcome {
+        RunOutcome::Failed {
+            step,
+            rolled_back,
+            error,
+        } => {
+            assert_eq!(step, "probe", "{error}");
+            assert!(rolled_back);
+            assert!(error.contains("api.landing_200"), "{error}");
+        }
+        other => panic!("expected a rolled-back failure, got {other:?}"),
+    }
+    assert_eq!(
+        report.undone,
+        vec!["reload".to_string(), "write".to_string()]
+    );
+    assert_eq!(live_config(&rig), deployed);
+    still_serving(&rig);
+}
+
+#[test]
+fn apply_refuses_when_nginx_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let layout = RigLayout::with_free_ports(dir.path()).unwrap();
+    let settings = layout.settings(&NginxConfig::default(), "1.22.1");
+    let now = chrono::Utc::now();
+    let d = Deploy::new(
+        &settings,
+        render::render(&settings),
+        state.path(),
+        probe_options(&settings),
+        now,
+    );
+    let opts = EngineOptions {
+        state_dir: state.path().to_path_buf(),
+        alerter: None,
+        metrics: None,
+        progress: false,
+    };
+    let report = engine::run(apply::plan(&d, now), &opts).unwrap();
+    assert!(
+        matches!(report.outcome, RunOutcome::Refused { ref step, .. } if step == "backup"),
+        "{report:?}"
+    );
+    assert!(
+        !settings.config_path.path().exists(),
+        "a refused run must not write the config"
+    );
+}
