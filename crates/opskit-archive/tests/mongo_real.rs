@@ -1,0 +1,232 @@
+//! Opt-in test of the MongoDB source against a real MongoDB (no registry here offers one).
+//!
+//! Runs only when `OPSKIT_TEST_MONGODB_URI` is set (e.g. `mongodb://localhost:27017/`); the user
+//! needs readWrite and createIndex on `OPSKIT_TEST_MONGODB_DB` (default `opskit_test`). A
+//! password, if any, is read from `OPSKIT_TEST_MONGODB_PASSWORD_FILE` (mode 0600), never from
+//! the URI. The test seeds a fresh collection with string dates of three months plus
+//! anomalies, and drops it at the end.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bson::{Bson, Document, RawDocumentBuf, doc};
+use opskit_archive::bounds::MonthBounds;
+use opskit_archive::source::mongodb::{MongoSource, MongoSourceOptions};
+use opskit_archive::source::{Record, RecordSink, Source};
+
+struct Target {
+    uri: String,
+    db: String,
+    password_file: Option<PathBuf>,
+}
+
+fn target() -> Option<Target> {
+    let Ok(uri) = std::env::var("OPSKIT_TEST_MONGODB_URI") else {
+        eprintln!("SKIP mongo_real: OPSKIT_TEST_MONGODB_URI is not set");
+        println!("SKIP mongo_real: OPSKIT_TEST_MONGODB_URI is not set");
+        return None;
+    };
+    Some(Target {
+        uri,
+        db: std::env::var("OPSKIT_TEST_MONGODB_DB").unwrap_or_else(|_| "opskit_test".into()),
+        password_file: std::env::var_os("OPSKIT_TEST_MONGODB_PASSWORD_FILE").map(PathBuf::from),
+    })
+}
+
+fn month(m: &str) -> MonthBounds {
+    MonthBounds::new(m.parse().unwrap(), "Asia/Shanghai".parse().unwrap())
+}
+
+#[derive(Default)]
+struct Collected {
+    ids: Vec<Bson>,
+    dates: Vec<String>,
+    raw: Vec<Vec<u8>>,
+}
+
+impl RecordSink for Collected {
+    fn accept(&mut self, record: Record<'_>) -> anyhow::Result<()> {
+        self.ids.push(record.id.clone());
+        self.dates.push(record.date.to_string());
+        self.raw.push(record.raw.to_vec());
+        Ok(())
+    }
+}
+
+/// The seeded documents: December 3, January 5 well-formed + 2 malformed that sort inside
+/// January, February 2, and anomalies outside every month.
+fn seed() -> Vec<Document> {
+    let mut docs = Vec::new();
+    let mut n = 0;
+    let mut add = |create_on: Option<Bson>| {
+        n += 1;
+        let mut d = doc! {"_id": n, "msg": format!("log line {n}"), "nested": {"k": [1, 2.5, "x"]}};
+        if let Some(v) = create_on {
+            d.insert("create_on", v);
+        }
+        docs.push(d);
+    };
+    for s in [
+        "2023-12-01 00:00:00",
+        "2023-12-15 10:00:00",
+        "2023-12-31 23:59:59",
+    ] {
+        add(Some(s.into()));
+    }
+    for s in [
+        "2024-01-01 00:00:00",
+        "2024-01-01 00:00:00",
+        "2024-01-15 12:00:00",
+        "2024-01-31 23:59:59",
+        "2024-01-20 08:00:00",
+        // Malformed, yet inside January's string range: exported and reported.
+        "2024-01-05T03:03:11",
+        "2024-01-05 03:03:11.5",
+    ] {
+        add(Some(s.into()));
+    }
+    for s in ["2024-02-01 00:00:00", "2024-02-10 00:00:00"] {
+        add(Some(s.into()));
+    }
+    add(None); // missing
+    add(Some(Bson::Null));
+    add(Some(Bson::DateTime(bson::DateTime::from_millis(
+        1_704_067_200_000,
+    ))));
+    add(Some(Bson::Int64(20240101)));
+    add(Some(Bson::Array(vec!["2023-06-01 00:00:00".into()])));
+    add(Some("2024-1-5 3:03:11".into())); // malformed, sorts after every month of 2024
+    docs
+}
+
+#[test]
+fn a_month_is_exported_byte_exact_and_only_its_archived_ids_are_deleted() {
+    let Some(target) = target() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!(
+        "user_logs_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    // The seeding client uses the same URI and password file.
+    let mut options = runtime
+        .block_on(async { mongodb::options::ClientOptions::parse(&target.uri).await })
+        .unwrap();
+    if let Some(file) = &target.password_file {
+        let password =
+            opskit_archive::source::mongodb::read_password_file(file).expect("password file");
+        options
+            .credential
+            .as_mut()
+            .expect("URI names the user")
+            .password = Some(password);
+    }
+    options.server_selection_timeout = Some(Duration::from_secs(10));
+    let client = {
+        let _guard = runtime.enter();
+        mongodb::Client::with_options(options).unwrap()
+    };
+    let coll = client.database(&target.db).collection::<Document>(&name);
+    runtime.block_on(async {
+        coll.create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"create_on": 1})
+                .build(),
+        )
+        .await
+        .unwrap();
+        coll.insert_many(seed()).await.unwrap();
+    });
+    struct DropAtEnd<'a>(&'a tokio::runtime::Runtime, mongodb::Collection<Document>);
+    impl Drop for DropAtEnd<'_> {
+        fn drop(&mut self) {
+            let coll = self.1.clone();
+            let _ = self.0.block_on(async move { coll.drop().await });
+        }
+    }
+    let _cleanup = DropAtEnd(&runtime, coll.clone());
+
+    let mut source = MongoSource::connect(
+        &target.uri,
+        target.password_file.as_deref(),
+        &target.db,
+        &name,
+        "create_on",
+        MongoSourceOptions {
+            batch_size: 3, // several getMores
+            ..MongoSourceOptions::default()
+        },
+    )
+    .unwrap();
+    source.ping().unwrap();
+
+    let stats = source.range_stats(&month("2024-01")).unwrap();
+    assert_eq!(stats.count, 7);
+    assert_eq!(stats.index.as_deref(), Some("create_on_1"));
+    assert!(stats.avg_record_bytes.unwrap_or(0) > 0);
+
+    let anomalies = source.anomalies().unwrap();
+    assert_eq!(
+        (anomalies.missing, anomalies.wrong_type, anomalies.malformed),
+        (2, 3, 3),
+        "{anomalies:?}"
+    );
+    assert!(
+        anomalies
+            .examples
+            .iter()
+            .any(|e| e.starts_with("wrong-type: "))
+    );
+
+    let mut january = Collected::default();
+    source.export(&month("2024-01"), &mut january).unwrap();
+    assert_eq!(january.ids.len(), 7);
+    let mut sorted = january.dates.clone();
+    sorted.sort();
+    assert_eq!(january.dates, sorted, "exported in date order");
+    // Each record is the server's document byte for byte.
+    let raw_coll = coll.clone_with_type::<RawDocumentBuf>();
+    for (id, raw) in january.ids.iter().zip(&january.raw) {
+        let filter = doc! {"_id": id.clone()};
+        let c = raw_coll.clone();
+        let stored = runtime
+            .block_on(async move { c.find_one(filter).await })
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.as_bytes(), raw.as_slice(), "document {id}");
+    }
+
+    // An id of February is not deleted by January's purge, even when asked.
+    let february_id = Bson::Int32(11);
+    assert_eq!(
+        source
+            .delete_ids(&[february_id], &month("2024-01"))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        source.delete_ids(&january.ids, &month("2024-01")).unwrap(),
+        7
+    );
+    // Re-sending the same ids (a resumed purge) deletes nothing more and is not an error.
+    assert_eq!(
+        source.delete_ids(&january.ids, &month("2024-01")).unwrap(),
+        0
+    );
+
+    assert_eq!(source.range_stats(&month("2024-01")).unwrap().count, 0);
+    assert_eq!(source.range_stats(&month("2023-12")).unwrap().count, 3);
+    assert_eq!(source.range_stats(&month("2024-02")).unwrap().count, 2);
+    let left = runtime
+        .block_on(async { coll.count_documents(doc! {}).await })
+        .unwrap();
+    assert_eq!(left, 18 - 7);
+    // Standalone: None; replica set: some lag. Either way it answers.
+    source.replication_lag().unwrap();
+}
