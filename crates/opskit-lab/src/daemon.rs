@@ -410,6 +410,19 @@ pub fn run_with_input(
             .collect::<Vec<_>>()
             .join(" ")
     );
+    // It dies with us if we are killed mid-run; it stays in our process group, so a Ctrl-C on
+    // the terminal reaches its children too (mariadb-install-db's bootstrap server, sftp's ssh).
+    // SAFETY: prctl and getppid are async-signal-safe.
+    let parent = std::process::id() as i32;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 || libc::getppid() != parent
+            {
+                return Err(io::Error::other("the parent exited"));
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(if input.is_some() {
             Stdio::piped()

@@ -8,8 +8,8 @@ use opskit_core::config::value::AbsPath;
 use serde::Serialize;
 
 use crate::components::{Component, LabContext};
-use crate::daemon::{self, Liveness, StopOutcome};
-use crate::state::{LabLock, LabState, STATE_FILE, ServerRecord};
+use crate::daemon::{self, Liveness, ProcessIdentity, StopOutcome};
+use crate::state::{LabLock, LabState, STATE_FILE, ServerRecord, take_spawned};
 
 /// The opskit config `up` writes into the lab directory.
 pub const OPSKIT_TOML: &str = "opskit.toml";
@@ -113,6 +113,7 @@ pub fn up(dir: &Path, components: &[Component], opskit_exe: Option<PathBuf>) -> 
     let ctx = LabContext::new(&dir, opskit_exe)?;
     let mut state = LabState::load(&dir)?;
     state.dir.clone_from(&dir);
+    stop_unrecorded(&state)?;
     let mut actions = Vec::new();
     for &c in Component::ALL {
         if !components.is_empty() && !components.contains(&c) {
@@ -147,6 +148,8 @@ pub fn up(dir: &Path, components: &[Component], opskit_exe: Option<PathBuf>) -> 
         };
         actions.push((c, action));
     }
+    // Everything launched is now in lab.json (or was stopped when it failed to answer).
+    take_spawned(&dir)?;
     let opskit_toml = write_opskit_toml(&state)?;
     Ok(UpReport {
         dir,
@@ -199,12 +202,38 @@ pub fn down(dir: &Path, purge: bool) -> Result<DownReport> {
         if dir.join(STATE_FILE).exists() {
             state.save()?;
         }
+        for (name, id) in stop_unrecorded(&state)? {
+            report.stopped.push(StoppedServer {
+                name,
+                pid: id.pid,
+                outcome: StopOutcome::Stopped,
+            });
+        }
     }
     if purge {
         purge_dir(&dir)?;
         report.purged = true;
     }
     Ok(report)
+}
+
+/// Stops processes an interrupted `up` launched but never recorded in `lab.json` (identity
+/// checked, so a reused PID is left alone); returns the ones it stopped.
+fn stop_unrecorded(state: &LabState) -> Result<Vec<(String, ProcessIdentity)>> {
+    let mut stopped = Vec::new();
+    for (name, id) in take_spawned(&state.dir)? {
+        let recorded = state.servers.iter().any(|r| r.identity() == id);
+        if !recorded && id.is_alive() {
+            tracing::warn!(server = %name, pid = id.pid, "stopping a lab server that an interrupted `up` left behind");
+            let grace = component_of(&name).map_or(std::time::Duration::from_secs(30), |c| {
+                c.server().stop_grace()
+            });
+            daemon::stop(&id, grace)
+                .with_context(|| format!("stopping the unrecorded {name} (pid {})", id.pid))?;
+            stopped.push((name, id));
+        }
+    }
+    Ok(stopped)
 }
 
 fn purge_dir(dir: &Path) -> Result<()> {

@@ -113,6 +113,51 @@ impl LabState {
     }
 }
 
+/// Every process `up` launches is noted here before it is waited for, so a `down` (or the
+/// next `up`) can stop it even when `up` was interrupted before writing `lab.json`.
+const SPAWNED_FILE: &str = "spawned.jsonl";
+
+#[derive(Serialize, Deserialize)]
+struct SpawnedNote {
+    name: String,
+    #[serde(flatten)]
+    identity: ProcessIdentity,
+}
+
+/// Notes a just-launched process in `<dir>/spawned.jsonl`.
+pub fn note_spawned(dir: &Path, name: &str, identity: ProcessIdentity) -> Result<()> {
+    use std::io::Write as _;
+    let path = dir.join(SPAWNED_FILE);
+    let line = serde_json::to_string(&SpawnedNote {
+        name: name.to_string(),
+        identity,
+    })
+    .expect("note serializes");
+    File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads and clears `<dir>/spawned.jsonl`: `(name, identity)` of every process launched since.
+pub fn take_spawned(dir: &Path) -> Result<Vec<(String, ProcessIdentity)>> {
+    let path = dir.join(SPAWNED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let notes = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<SpawnedNote>(l).ok())
+        .map(|n| (n.name, n.identity))
+        .collect();
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(notes)
+}
+
 /// An exclusive `flock` on `<dir>/.lab.lock`, released on drop.
 #[derive(Debug)]
 pub struct LabLock {

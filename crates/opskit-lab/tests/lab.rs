@@ -304,3 +304,28 @@ fn a_failing_server_reports_its_log() {
     assert!(LabState::load(dir.path()).unwrap().servers.is_empty());
     assert_eq!(processes_mentioning(dir.path()), Vec::<String>::new());
 }
+
+#[test]
+fn down_stops_what_an_interrupted_up_left_behind() {
+    let dir = lab_dir();
+    // What `up` leaves when it is killed after launching a server but before lab.json.
+    let orphan = daemon::spawn(
+        Launch::new("mariadb", "/bin/sleep", dir.path().join("orphan.log")).arg("60"),
+    )
+    .unwrap();
+    opskit_lab::state::note_spawned(dir.path(), "mariadb", orphan.identity).unwrap();
+    let report = opskit_lab::down(dir.path(), false).unwrap();
+    assert_eq!(report.stopped.len(), 1, "{report:?}");
+    assert_eq!(orphan.identity.liveness(), Liveness::Gone);
+    // The next up does the same before it starts anything.
+    let orphan =
+        daemon::spawn(Launch::new("sshd", "/bin/sleep", dir.path().join("orphan.log")).arg("60"))
+            .unwrap();
+    opskit_lab::state::note_spawned(dir.path(), "sshd", orphan.identity).unwrap();
+    let lab = LabBuilder::new(dir.path())
+        .with(Component::Sshd)
+        .up()
+        .unwrap();
+    assert_eq!(orphan.identity.liveness(), Liveness::Gone);
+    lab.sftp().unwrap().sftp_batch("ls\n").unwrap();
+}

@@ -197,6 +197,16 @@ impl LabContext {
             log_tail: String::new(),
             address_in_use: false,
         })?;
+        if let Err(e) = crate::state::note_spawned(&self.dir, &name, spawned.identity) {
+            let _ = daemon::stop(&spawned.identity, Duration::from_secs(10));
+            return Err(StartError {
+                name,
+                reason: format!("could not be noted: {e:#}"),
+                log,
+                log_tail: String::new(),
+                address_in_use: false,
+            });
+        }
         spawned.wait_ready(timeout, probe)?;
         Ok(ServerRecord {
             name,
