@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use chrono::{DateTime, Utc};
+pub use chrono::{DateTime, Utc};
 use opskit_core::config::NginxConfig;
 use opskit_core::engine::StepContext;
 use opskit_core::plan::{Plan, StepAction, StepError, StepResult, StepSpec};
