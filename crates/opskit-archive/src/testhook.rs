@@ -2,8 +2,8 @@
 //!
 //! `OPSKIT_TEST_PAUSE_AT=<stage>:<counter>=<n>` (for example `purge:batch=3`,
 //! `export:records=2000`, `upload:bytes=1`) makes the run print
-//! `OPSKIT_TEST_PAUSED <stage>:<counter>=<n>` to stderr and sleep for an hour the first time
-//! that counter reaches `n` in that stage. The test waits for the line, then kills the
+//! `OPSKIT_TEST_PAUSED <stage>:<counter>=<n>` to stderr and sleep for an hour (or
+//! `OPSKIT_TEST_PAUSE_SECS`) the first time that counter reaches `n` in that stage. The test waits for the line, then kills the
 //! process. Unset (always, in production) it costs one cached environment lookup. It never
 //! changes what the run does, only when it does it.
 
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// The environment variable.
 pub const PAUSE_ENV: &str = "OPSKIT_TEST_PAUSE_AT";
+/// How long the pause lasts, in seconds (default 3600).
+pub const PAUSE_SECS_ENV: &str = "OPSKIT_TEST_PAUSE_SECS";
 
 struct PausePoint {
     stage: String,
@@ -46,6 +48,11 @@ pub fn pause_point(stage: &str, counter: &str, value: u64) {
         && !FIRED.swap(true, Ordering::SeqCst)
     {
         eprintln!("OPSKIT_TEST_PAUSED {stage}:{counter}={}", p.at);
-        std::thread::sleep(Duration::from_secs(3600));
+        let secs = std::env::var(PAUSE_SECS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3600);
+        std::thread::sleep(Duration::from_secs(secs));
+        eprintln!("OPSKIT_TEST_RESUMED {stage}:{counter}={}", p.at);
     }
 }

@@ -466,92 +466,19 @@ fn append_value(
     }
 }
 
-impl Source for MysqlSource {
-    fn describe(&self) -> String {
-        format!("{}{}.{}", self.described, self.database, self.table)
-    }
-
-    fn id_field(&self) -> &str {
-        self.info.as_ref().map_or("id", |i| i.pk.as_str())
-    }
-
-    fn ping(&mut self) -> anyhow::Result<()> {
-        self.with_conn("ping", |c| Box::pin(c.ping()))?;
-        self.info()?;
-        Ok(())
-    }
-
-    fn range_stats(&mut self, bounds: &MonthBounds) -> anyhow::Result<RangeStats> {
+impl MysqlSource {
+    /// The export, optionally stopped after `limit` records (used to sample record sizes).
+    fn export_limited(
+        &mut self,
+        bounds: &MonthBounds,
+        sink: &mut dyn RecordSink,
+        limit: Option<u64>,
+    ) -> anyhow::Result<()> {
         let info = self.info()?;
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {d} >= ? AND {d} < ?",
-            self.from_clause(&info),
-            d = quote_ident(&self.date_field)
-        );
-        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
-        let count: Option<u64> = self.with_conn("counting the month", move |c| {
-            Box::pin(c.exec_first(sql, (lo, hi)))
-        })?;
-        let (db, table) = (self.database.clone(), self.table.clone());
-        let avg: Option<Option<u64>> = self.with_conn("reading table statistics", move |c| {
-            Box::pin(c.exec_first(
-                "SELECT AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (db, table),
-            ))
-        })?;
-        Ok(RangeStats {
-            count: count.unwrap_or(0),
-            avg_record_bytes: avg.flatten().filter(|a| *a > 0),
-            index: info.index,
-        })
-    }
-
-    fn anomalies(&mut self) -> anyhow::Result<Anomalies> {
-        let info = self.info()?;
-        let d = quote_ident(&self.date_field);
-        let pk = quote_ident(&info.pk);
-        let t = self.table_ref();
-        let mut out = Anomalies::default();
-        let missing_where = format!("{d} IS NULL");
-        let malformed_where = match info.date_kind {
-            DateKind::Text => Some(format!(
-                "{d} IS NOT NULL AND (CHAR_LENGTH({d}) <> 19 OR {d} NOT REGEXP '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} [0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}$')"
-            )),
-            // Zero dates (`0000-00-00`) sort before every month and are never archived.
-            DateKind::Typed | DateKind::Timestamp => Some(format!("{d} < '1000-01-01'")),
-        };
-        let mut kinds = vec![("missing", missing_where)];
-        if let Some(m) = malformed_where {
-            kinds.push(("malformed", m));
+        let mut sql = self.export_sql()?;
+        if let Some(l) = limit {
+            sql.push_str(&format!(" LIMIT {l}"));
         }
-        for (kind, cond) in kinds {
-            let count_sql = format!("SELECT COUNT(*) FROM {t} WHERE {cond}");
-            let n: Option<u64> = self.with_conn("counting date anomalies", move |c| {
-                Box::pin(c.query_first(count_sql))
-            })?;
-            let n = n.unwrap_or(0);
-            if n > 0 {
-                let ex_sql = format!(
-                    "SELECT CAST({pk} AS CHAR) FROM {t} WHERE {cond} LIMIT {ANOMALY_EXAMPLES}"
-                );
-                let ids: Vec<String> =
-                    self.with_conn("listing date anomalies", move |c| Box::pin(c.query(ex_sql)))?;
-                out.examples.extend(
-                    ids.into_iter()
-                        .map(|id| format!("{kind}: {}={id}", info.pk)),
-                );
-            }
-            match kind {
-                "missing" => out.missing = n,
-                _ => out.malformed = n,
-            }
-        }
-        Ok(out)
-    }
-
-    fn export(&mut self, bounds: &MonthBounds, sink: &mut dyn RecordSink) -> anyhow::Result<()> {
-        let info = self.info()?;
-        let sql = self.export_sql()?;
         let timeout = self.timeout;
         let server = self.described.clone();
         let date_field = self.date_field.clone();
@@ -619,6 +546,108 @@ impl Source for MysqlSource {
             self.conn = None;
         }
         result
+    }
+}
+
+/// Measures the average encoded record size of a sample.
+#[derive(Default)]
+struct SizeSample {
+    count: u64,
+    bytes: u64,
+}
+
+impl RecordSink for SizeSample {
+    fn accept(&mut self, record: Record<'_>) -> anyhow::Result<()> {
+        self.count += 1;
+        self.bytes += record.raw.len() as u64;
+        Ok(())
+    }
+}
+
+impl Source for MysqlSource {
+    fn describe(&self) -> String {
+        format!("{}{}.{}", self.described, self.database, self.table)
+    }
+
+    fn id_field(&self) -> &str {
+        self.info.as_ref().map_or("id", |i| i.pk.as_str())
+    }
+
+    fn ping(&mut self) -> anyhow::Result<()> {
+        self.with_conn("ping", |c| Box::pin(c.ping()))?;
+        self.info()?;
+        Ok(())
+    }
+
+    fn range_stats(&mut self, bounds: &MonthBounds) -> anyhow::Result<RangeStats> {
+        let info = self.info()?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {d} >= ? AND {d} < ?",
+            self.from_clause(&info),
+            d = quote_ident(&self.date_field)
+        );
+        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        let count: Option<u64> = self.with_conn("counting the month", move |c| {
+            Box::pin(c.exec_first(sql, (lo, hi)))
+        })?;
+        // Table statistics lag behind bulk inserts; a sample of the month's own rows, encoded
+        // exactly as the export encodes them, gives the archive's raw size per record.
+        let mut sample = SizeSample::default();
+        if count.unwrap_or(0) > 0 {
+            self.export_limited(bounds, &mut sample, Some(1000))?;
+        }
+        Ok(RangeStats {
+            count: count.unwrap_or(0),
+            avg_record_bytes: (sample.count > 0).then(|| sample.bytes / sample.count),
+            index: info.index,
+        })
+    }
+
+    fn anomalies(&mut self) -> anyhow::Result<Anomalies> {
+        let info = self.info()?;
+        let d = quote_ident(&self.date_field);
+        let pk = quote_ident(&info.pk);
+        let t = self.table_ref();
+        let mut out = Anomalies::default();
+        let missing_where = format!("{d} IS NULL");
+        let malformed_where = match info.date_kind {
+            DateKind::Text => Some(format!(
+                "{d} IS NOT NULL AND (CHAR_LENGTH({d}) <> 19 OR {d} NOT REGEXP '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} [0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}$')"
+            )),
+            // Zero dates (`0000-00-00`) sort before every month and are never archived.
+            DateKind::Typed | DateKind::Timestamp => Some(format!("{d} < '1000-01-01'")),
+        };
+        let mut kinds = vec![("missing", missing_where)];
+        if let Some(m) = malformed_where {
+            kinds.push(("malformed", m));
+        }
+        for (kind, cond) in kinds {
+            let count_sql = format!("SELECT COUNT(*) FROM {t} WHERE {cond}");
+            let n: Option<u64> = self.with_conn("counting date anomalies", move |c| {
+                Box::pin(c.query_first(count_sql))
+            })?;
+            let n = n.unwrap_or(0);
+            if n > 0 {
+                let ex_sql = format!(
+                    "SELECT CAST({pk} AS CHAR) FROM {t} WHERE {cond} LIMIT {ANOMALY_EXAMPLES}"
+                );
+                let ids: Vec<String> =
+                    self.with_conn("listing date anomalies", move |c| Box::pin(c.query(ex_sql)))?;
+                out.examples.extend(
+                    ids.into_iter()
+                        .map(|id| format!("{kind}: {}={id}", info.pk)),
+                );
+            }
+            match kind {
+                "missing" => out.missing = n,
+                _ => out.malformed = n,
+            }
+        }
+        Ok(out)
+    }
+
+    fn export(&mut self, bounds: &MonthBounds, sink: &mut dyn RecordSink) -> anyhow::Result<()> {
+        self.export_limited(bounds, sink, None)
     }
 
     fn delete_ids(&mut self, ids: &[Bson], bounds: &MonthBounds) -> anyhow::Result<u64> {

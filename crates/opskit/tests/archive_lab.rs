@@ -1,0 +1,640 @@
+//! `opskit archive` end to end against the lab's real MariaDB and real sshd/SFTP, with every
+//! fault of the issue: kill -9 during export, upload and purge; SFTP down; disk full; bad
+//! config; unreachable source; a different file already at the remote name; late rows.
+//!
+//! Each test builds its own lab (MariaDB + sshd + webhook receiver) in a temp dir and runs
+//! the real `opskit` binary. The kill tests use the test-only pause point
+//! `OPSKIT_TEST_PAUSE_AT` (see `opskit_archive::testhook`) to know when to kill.
+//!
+//! The invariant checked after every fault: each January row that existed before the run is
+//! either still in the table or in the archive on the backup host — never neither — and once
+//! a run succeeds none is left in the table.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use opskit_core::config::Config;
+use opskit_lab::{Component, Lab, LabBuilder, MariadbServer, SftpServer};
+
+const MONTH: &str = "2024-01";
+const FILE: &str = "test.user_logs.2024-01.bson.gz";
+
+fn opskit_bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("opskit")
+}
+
+struct Rig {
+    lab: Lab,
+    db: MariadbServer,
+    sftp: SftpServer,
+    config: Config,
+    config_path: PathBuf,
+    january: BTreeSet<i64>,
+    others: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A lab with `rows` January rows, rows on both sides of the month and two anomalies.
+    fn new(rows: u64, tweak: impl FnOnce(&mut Config)) -> Rig {
+        let dir = tempfile::Builder::new().prefix("oa").tempdir().unwrap();
+        let lab = LabBuilder::new(dir.path().join("lab"))
+            .with(Component::Mariadb)
+            .with(Component::Sshd)
+            .with(Component::Webhook)
+            .opskit_exe(opskit_bin())
+            .up()
+            .expect("lab up");
+        let db = lab.mariadb().unwrap();
+        let sftp = lab.sftp().unwrap();
+        db.sql(&format!(
+            "CREATE TABLE test.user_logs (id BIGINT AUTO_INCREMENT PRIMARY KEY, create_on VARCHAR(32) NULL, \
+               user_id INT NOT NULL, action VARCHAR(32) NOT NULL, payload VARCHAR(200) NOT NULL, \
+               KEY idx_create_on (create_on)) ENGINE=InnoDB;
+             USE test;
+             INSERT INTO user_logs (create_on, user_id, action, payload)
+               SELECT DATE_FORMAT(TIMESTAMP('2024-01-01') + INTERVAL (seq * 2678399 DIV {rows}) SECOND, '%Y-%m-%d %H:%i:%s'),
+                      seq % 1000, 'login', CONCAT(MD5(seq), MD5(seq + 1), MD5(RAND()))
+               FROM seq_0_to_{last};
+             INSERT INTO user_logs (create_on, user_id, action, payload) VALUES
+               ('2023-12-31 23:59:59', 1, 'edge', 'december'),
+               ('2024-02-01 00:00:00', 1, 'edge', 'february'),
+               (NULL, 1, 'anomaly', 'no date'),
+               ('2024-1-5 3:03:11', 1, 'anomaly', 'unpadded date');",
+            last = rows - 1
+        ))
+        .unwrap();
+        let mut config = lab.config().unwrap();
+        config.archive.purge.batch_size = opskit_core::config::value::Positive::new(250);
+        config.archive.sftp.timeout_secs = opskit_core::config::value::Positive::new(10);
+        config.alert.retries = 0;
+        tweak(&mut config);
+        let config_path = dir.path().join("archive-test.toml");
+        std::fs::write(&config_path, config.to_toml()).unwrap();
+        let mut rig = Rig {
+            lab,
+            db,
+            sftp,
+            config,
+            config_path,
+            january: BTreeSet::new(),
+            others: 4,
+            _dir: dir,
+        };
+        rig.january = rig.january_ids();
+        assert_eq!(rig.january.len() as u64, rows);
+        rig
+    }
+
+    fn sql(&self, q: &str) -> String {
+        self.db.sql(q).unwrap()
+    }
+
+    fn january_ids(&self) -> BTreeSet<i64> {
+        self.sql(
+            "SELECT id FROM test.user_logs WHERE create_on >= '2024-01-01 00:00:00' AND create_on < '2024-02-01 00:00:00'",
+        )
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+    }
+
+    fn total(&self) -> u64 {
+        self.sql("SELECT COUNT(*) FROM test.user_logs")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn opskit(&self) -> Command {
+        let mut c = Command::new(opskit_bin());
+        c.arg("--config")
+            .arg(&self.config_path)
+            .env_remove("OPSKIT_TEST_PAUSE_AT")
+            .env_remove("OPSKIT_CONFIG")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    fn archive(&self, args: &[&str]) -> Output {
+        let out = self.opskit().arg("archive").args(args).output().unwrap();
+        eprintln!(
+            "opskit archive {args:?} → {:?}\n--- stdout\n{}--- stderr\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn run(&self) -> Output {
+        self.archive(&["run", "--month", MONTH])
+    }
+
+    /// Runs `opskit archive run` until it prints the pause line, then kills it with SIGKILL.
+    fn run_and_kill_at(&self, pause_at: &str) {
+        let mut child = self
+            .opskit()
+            .args(["archive", "run", "--month", MONTH])
+            .env("OPSKIT_TEST_PAUSE_AT", pause_at)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[child] {line}");
+                if line.starts_with("OPSKIT_TEST_PAUSED") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let paused = rx.recv_timeout(Duration::from_secs(120));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            paused.is_ok(),
+            "opskit never reached the pause point {pause_at}"
+        );
+        assert!(!status.success());
+    }
+
+    fn local_file(&self) -> PathBuf {
+        self.config.archive.staging_dir.path().join(FILE)
+    }
+
+    fn remote_file(&self, name: &str) -> PathBuf {
+        self.sftp
+            .backup_dir
+            .join(&self.config.archive.sftp.remote_dir)
+            .join(name)
+    }
+
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        self.lab.webhook().unwrap().received().unwrap()
+    }
+
+    /// Every January row is in the table or in the remote archive; returns the archived ids.
+    fn assert_nothing_lost(&self) -> BTreeSet<i64> {
+        let remaining = self.january_ids();
+        let archived = archived_ids(&self.remote_file(FILE));
+        for id in &self.january {
+            assert!(
+                remaining.contains(id) || archived.contains(id),
+                "row {id} is neither in the table nor in the uploaded archive"
+            );
+        }
+        for id in &archived {
+            assert!(
+                self.january.contains(id),
+                "the archive holds {id}, not a January row"
+            );
+        }
+        archived
+    }
+
+    /// After a successful run: January is gone from the table, entirely in the archive, and
+    /// every other row is untouched.
+    fn assert_month_archived(&self) {
+        let archived = self.assert_nothing_lost();
+        assert!(self.january_ids().is_empty(), "January rows are left");
+        assert_eq!(archived, self.january, "the archive is not exactly January");
+        assert_eq!(self.total(), self.others);
+        assert!(!self.remote_file(&format!("{FILE}.uploading")).exists());
+        assert_eq!(
+            std::fs::read(self.remote_file(FILE)).unwrap(),
+            std::fs::read(self.local_file()).unwrap(),
+            "remote and local archives differ"
+        );
+    }
+}
+
+/// The ids in an archive file (empty when it does not exist).
+fn archived_ids(path: &Path) -> BTreeSet<i64> {
+    if !path.exists() {
+        return BTreeSet::new();
+    }
+    let mut r = opskit_archive::staged::open_documents(path).unwrap();
+    let mut ids = BTreeSet::new();
+    while let Some(doc) = r.next_document().unwrap() {
+        assert!(
+            ids.insert(doc.get_i64("id").unwrap()),
+            "duplicate id in archive"
+        );
+    }
+    ids
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn run_archives_the_month_to_the_backup_host_and_deletes_exactly_it() {
+    let rig = Rig::new(3000, |_| {});
+    let plan = rig.archive(&["plan", "--month", MONTH]);
+    assert_eq!(plan.status.code(), Some(0));
+    let text = stdout(&plan);
+    assert!(
+        text.contains("3000 documents (index idx_create_on)"),
+        "{text}"
+    );
+    assert!(text.contains("missing 1"), "{text}");
+    assert!(text.contains("malformed 1"), "{text}");
+    assert!(
+        text.contains("2024-01-01 00:00:00 ≤ create_on < 2024-02-01 00:00:00 (Asia/Shanghai)"),
+        "{text}"
+    );
+    assert!(text.contains("2023-12-31T16:00:00+00:00"), "{text}");
+    assert!(text.contains("bak.ipo.com answers"), "{text}");
+
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    rig.assert_month_archived();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rig.remote_file(&format!("{FILE}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["count"], 3000);
+    assert_eq!(manifest["bounds"]["zone"], "Asia/Shanghai");
+    assert_eq!(manifest["id_field"], "id");
+    assert!(manifest["min_date"].as_str().unwrap() >= "2024-01-01 00:00:00");
+    assert!(manifest["max_date"].as_str().unwrap() < "2024-02-01 00:00:00");
+    let prom = std::fs::read_to_string(
+        rig.config
+            .general
+            .metrics_dir
+            .path()
+            .join("opskit_archive.prom"),
+    )
+    .unwrap();
+    assert!(
+        prom.contains("documents_deleted{runbook=\"archive\"} 3000"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("documents_exported{runbook=\"archive\"} 3000"),
+        "{prom}"
+    );
+    assert!(prom.contains("anomalies{runbook=\"archive\"} 2"), "{prom}");
+    assert!(rig.alerts().is_empty());
+
+    // A finished month is not run again.
+    let again = rig.run();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        stdout(&again).contains("nothing to do"),
+        "{}",
+        stdout(&again)
+    );
+
+    // verify (local and remote), then restore puts every row back.
+    let file = rig.local_file();
+    let v = rig.archive(&["verify", "--file", file.to_str().unwrap(), "--remote"]);
+    assert_eq!(v.status.code(), Some(0));
+    let r = rig.archive(&[
+        "restore",
+        "--file",
+        file.to_str().unwrap(),
+        "--target",
+        &rig.db.uri(),
+    ]);
+    assert_eq!(r.status.code(), Some(0));
+    assert!(stdout(&r).contains("3000 inserted"), "{}", stdout(&r));
+    assert_eq!(rig.january_ids(), rig.january);
+}
+
+#[test]
+fn dry_run_and_plan_never_change_anything() {
+    let rig = Rig::new(500, |_| {});
+    for args in [
+        &["run", "--month", MONTH, "--dry-run"][..],
+        &["plan", "--month", MONTH][..],
+    ] {
+        let out = rig.archive(args);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout(&out).contains("POINT OF NO RETURN"));
+    }
+    assert_eq!(rig.january_ids(), rig.january);
+    assert_eq!(rig.total(), 504);
+    assert!(!rig.local_file().exists());
+    assert!(!rig.remote_file(FILE).exists());
+    assert!(!rig.config.general.state_dir.path().join("journal").exists());
+}
+
+#[test]
+fn kill_during_export_then_rerun_loses_nothing() {
+    let rig = Rig::new(3000, |_| {});
+    rig.run_and_kill_at("export:records=1");
+    assert_eq!(
+        rig.january_ids(),
+        rig.january,
+        "nothing may be deleted by an export"
+    );
+    assert!(
+        !rig.local_file().exists(),
+        "an unfinished export must not look finished"
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0));
+    rig.assert_month_archived();
+}
+
+#[test]
+fn kill_during_upload_then_rerun_loses_nothing() {
+    let rig = Rig::new(3000, |_| {});
+    rig.run_and_kill_at("upload:bytes=1");
+    assert_eq!(rig.january_ids(), rig.january);
+    assert!(rig.remote_file(&format!("{FILE}.uploading")).exists());
+    assert!(
+        !rig.remote_file(FILE).exists(),
+        "the final name must appear only when verified"
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0));
+    rig.assert_month_archived();
+}
+
+#[test]
+fn kill_during_purge_then_rerun_resumes_and_loses_nothing() {
+    let rig = Rig::new(3000, |_| {});
+    rig.run_and_kill_at("purge:batch=4");
+    let archived = rig.assert_nothing_lost();
+    assert_eq!(
+        archived, rig.january,
+        "the archive was verified before the purge"
+    );
+    assert_eq!(
+        rig.january_ids().len(),
+        3000 - 3 * 250,
+        "three batches were deleted"
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("resuming the purge"),
+        "{}",
+        stderr(&out)
+    );
+    rig.assert_month_archived();
+}
+
+#[test]
+fn rows_inserted_after_the_export_are_kept_and_taken_by_the_next_run() {
+    let rig = Rig::new(1000, |_| {});
+    let mut child = rig
+        .opskit()
+        .args(["archive", "run", "--month", MONTH])
+        .env("OPSKIT_TEST_PAUSE_AT", "purge:batch=1")
+        .env("OPSKIT_TEST_PAUSE_SECS", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        eprintln!("[child] {line}");
+        if line.starts_with("OPSKIT_TEST_PAUSED") {
+            break;
+        }
+    }
+    // Exported, uploaded and verified: now late January rows arrive.
+    rig.sql(
+        "INSERT INTO test.user_logs (create_on, user_id, action, payload) VALUES
+           ('2024-01-10 12:00:00', 9, 'late', 'a'), ('2024-01-31 23:59:59', 9, 'late', 'b')",
+    );
+    for line in lines {
+        eprintln!("[child] {}", line.unwrap());
+    }
+    assert!(child.wait().unwrap().success());
+    let late: BTreeSet<i64> = rig.january_ids();
+    assert_eq!(late.len(), 2, "the late rows must not be deleted");
+    assert_eq!(archived_ids(&rig.remote_file(FILE)), rig.january);
+
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("late pass 1"), "{}", stderr(&out));
+    assert!(rig.january_ids().is_empty());
+    assert_eq!(
+        archived_ids(&rig.remote_file("test.user_logs.2024-01.late1.bson.gz")),
+        late
+    );
+    let again = rig.run();
+    assert!(stdout(&again).contains("nothing to do"));
+}
+
+#[test]
+fn sftp_down_deletes_nothing_alerts_and_exits_1() {
+    let rig = Rig::new(500, |_| {});
+    let sshd = rig.lab.state().server("sshd").unwrap().identity();
+    opskit_lab::daemon::stop(&sshd, Duration::from_secs(5)).unwrap();
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bak.ipo.com"), "{}", stderr(&out));
+    assert_eq!(rig.january_ids(), rig.january);
+    assert!(!rig.local_file().exists(), "the export is undone");
+    let alerts = rig.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["step"], "upload");
+    assert_eq!(alerts[0]["runbook"], "archive");
+}
+
+#[test]
+fn a_different_file_at_the_remote_name_is_never_overwritten() {
+    let rig = Rig::new(500, |_| {});
+    let remote = rig.remote_file(FILE);
+    std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
+    std::fs::write(&remote, b"someone else's archive").unwrap();
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refusing to overwrite"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&remote).unwrap(), b"someone else's archive");
+    assert_eq!(rig.january_ids(), rig.january);
+    assert_eq!(rig.alerts().len(), 1);
+}
+
+#[test]
+fn disk_full_deletes_nothing_and_a_too_small_disk_is_refused() {
+    if which_unshare().is_none() {
+        eprintln!("skipped: unshare/mount not available");
+        return;
+    }
+    // 1. The estimate says it fits (ratio 1000 assumed) but the disk fills up: exit 1.
+    let rig = Rig::new(3000, |c| {
+        c.archive.expected_compression_ratio = opskit_core::config::value::Positive::new(1000);
+    });
+    let out = run_in_small_tmpfs(&rig);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("no space"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(rig.january_ids(), rig.january);
+    let alerts = rig.alerts();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["step"], "export");
+    drop(rig);
+
+    // 2. The estimate (ratio 4) does not fit: refused before anything, exit 3.
+    let rig = Rig::new(3000, |_| {});
+    let out = run_in_small_tmpfs(&rig);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not enough free space"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(rig.january_ids(), rig.january);
+}
+
+fn which_unshare() -> Option<()> {
+    let ok = Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some(())
+}
+
+/// `opskit archive run` in a private mount namespace with a 96 KiB tmpfs as staging dir.
+fn run_in_small_tmpfs(rig: &Rig) -> Output {
+    let staging = rig.config.archive.staging_dir.path();
+    std::fs::create_dir_all(staging).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=96k opskit-test {} && exec \"$0\" --config \"$1\" archive run --month {MONTH}",
+        staging.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(opskit_bin())
+        .arg(&rig.config_path)
+        .env_remove("OPSKIT_TEST_PAUSE_AT")
+        .output()
+        .unwrap();
+    eprintln!(
+        "--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn bad_config_exits_2_and_an_unreachable_source_exits_3() {
+    let rig = Rig::new(100, |_| {});
+    // A password in the URI is a config error (exit 2), and the message says where.
+    let bad = rig.config_path.with_file_name("bad.toml");
+    let text = std::fs::read_to_string(&rig.config_path)
+        .unwrap()
+        .replace("mysql://root@", "mysql://root:secret@");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(opskit_bin())
+        .args([
+            "--config",
+            bad.to_str().unwrap(),
+            "archive",
+            "run",
+            "--month",
+            MONTH,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("archive.source_uri"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A world-readable password file: exit 2.
+    let pw = rig.config_path.with_file_name("pw");
+    std::fs::write(&pw, "x\n").unwrap();
+    let mut c = rig.config.clone();
+    c.archive.source_password_file = Some(pw.to_str().unwrap().parse().unwrap());
+    std::fs::write(&bad, c.to_toml()).unwrap();
+    let out = Command::new(opskit_bin())
+        .args([
+            "--config",
+            bad.to_str().unwrap(),
+            "archive",
+            "run",
+            "--month",
+            MONTH,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0600"), "{}", stderr(&out));
+
+    // Nothing listens on the source port: exit 3, with the server named, and an alert.
+    let mut c = rig.config.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    c.archive.source_uri = format!("mysql://root@127.0.0.1:{port}/");
+    std::fs::write(&bad, c.to_toml()).unwrap();
+    let out = Command::new(opskit_bin())
+        .args([
+            "--config",
+            bad.to_str().unwrap(),
+            "archive",
+            "run",
+            "--month",
+            MONTH,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(rig.alerts().len(), 1);
+    assert_eq!(rig.january_ids(), rig.january);
+}
+
+#[test]
+fn verify_detects_a_corrupted_archive() {
+    let rig = Rig::new(300, |_| {});
+    assert_eq!(rig.run().status.code(), Some(0));
+    let copy = rig.config_path.with_file_name(FILE);
+    let mut bytes = std::fs::read(rig.local_file()).unwrap();
+    std::fs::copy(
+        PathBuf::from(format!("{}.manifest.json", rig.local_file().display())),
+        PathBuf::from(format!("{}.manifest.json", copy.display())),
+    )
+    .unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&copy, &bytes).unwrap();
+    let out = rig.archive(&["verify", "--file", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not match its manifest"),
+        "{}",
+        stderr(&out)
+    );
+}
