@@ -1,0 +1,94 @@
+//! `nginx -t` with the installed nginx on rendered configs (paths rebased into a rig
+//! directory so certificates and sockets exist): every setting alternative is valid nginx,
+//! a warning alone fails the check, and a config for a newer nginx fails on this one.
+
+use opskit_core::config::NginxConfig;
+use opskit_core::config::value::{BotHostHeader, LandingFallback};
+use opskit_edge::check::{self, installed_version};
+use opskit_edge::render;
+use opskit_edge::rig::{EdgeRig, RigLayout};
+
+fn rig() -> (tempfile::TempDir, EdgeRig) {
+    let dir = tempfile::Builder::new()
+        .prefix("opskit-check-test-")
+        .tempdir()
+        .unwrap();
+    let layout = RigLayout::with_free_ports(dir.path()).unwrap();
+    let rig = EdgeRig::start(layout, &NginxConfig::default()).unwrap();
+    (dir, rig)
+}
+
+fn nginx() -> std::path::PathBuf {
+    NginxConfig::default().nginx_binary.path().to_path_buf()
+}
+
+/// The rig's settings with every alternative of D2–D13 switched on.
+fn alternatives(rig: &EdgeRig) -> NginxConfig {
+    let mut c = rig.settings.clone();
+    c.bot_keyword_space_optional = true;
+    c.bot_rate_limited = true;
+    c.bot_host_header = BotHostHeader::Site;
+    c.bot_upstream_address = String::new();
+    c.resolver = Some("127.0.0.1".parse().unwrap());
+    c.api_burst = 2;
+    c.api_namespace_strict = true;
+    c.landing_fallback = LandingFallback::Named;
+    c.serve_existing_files = true;
+    c.static_root = Some(
+        rig.layout
+            .dir
+            .join("www/static")
+            .to_string_lossy()
+            .parse()
+            .unwrap(),
+    );
+    c.static_immutable = false;
+    c.hsts_include_subdomains = true;
+    c.real_ip_from = vec!["10.0.0.0/8".into()];
+    c
+}
+
+#[test]
+fn default_and_alternative_configs_pass_nginx_t_without_warnings() {
+    let (_dir, rig) = rig();
+    for (what, settings) in [
+        ("default", rig.settings.clone()),
+        ("alternatives", alternatives(&rig)),
+    ] {
+        settings.check().unwrap();
+        let report = check::check_rendered(&nginx(), &render::render(&settings)).unwrap();
+        assert!(report.ok, "{what}: {}\n{}", report.command, report.output);
+    }
+}
+
+#[test]
+fn a_warning_alone_fails_the_check() {
+    let (_dir, rig) = rig();
+    // Stapling with a certificate that names no OCSP responder: nginx -t exits 0 with a [warn].
+    let mut s = alternatives(&rig);
+    s.ocsp_stapling = true;
+    s.check().unwrap();
+    let report = check::check_rendered(&nginx(), &render::render(&s)).unwrap();
+    assert!(!report.ok, "{}", report.output);
+    assert!(!report.warnings.is_empty(), "{}", report.output);
+    assert!(report.errors.is_empty(), "{}", report.output);
+}
+
+#[test]
+fn syntax_for_a_newer_nginx_fails_on_the_installed_one() {
+    let (_dir, rig) = rig();
+    let (major, minor, _) = installed_version(&nginx()).unwrap();
+    assert!(
+        (major, minor) < (1, 25),
+        "this test expects nginx < 1.25.1 installed"
+    );
+    let mut s = rig.settings.clone();
+    s.nginx_version = "1.26".into();
+    let report = check::check_rendered(&nginx(), &render::render(&s)).unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.errors.iter().any(|e| e.contains("http2")),
+        "{}",
+        report.output
+    );
+}

@@ -1,0 +1,173 @@
+//! `opskit nginx` end to end: the committed deploy config is the default render, bad settings
+//! exit 2, the dry run prints the deploy plan, and the probe passes against a real lab edge.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use opskit_core::config::Config;
+use opskit_edge::rig::{BOT_MARKER, EdgeRig, RigLayout};
+
+fn opskit(config: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("opskit").unwrap();
+    cmd.env_remove("OPSKIT_CONFIG").arg("--config").arg(config);
+    cmd
+}
+
+fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("opskit.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn deploy_config_is_the_default_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = opskit(&config_file(dir.path(), ""))
+        .args(["nginx", "render"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/ipo.com.conf");
+    let committed = std::fs::read_to_string(&deploy).unwrap();
+    assert!(
+        committed == String::from_utf8(out.stdout).unwrap(),
+        "{} is stale: regenerate it with `opskit nginx render > deploy/nginx/ipo.com.conf`",
+        deploy.display()
+    );
+}
+
+#[test]
+fn render_follows_the_target_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), "");
+    let new = opskit(&cfg)
+        .args(["nginx", "render", "--nginx-version", "1.25.1"])
+        .output()
+        .unwrap();
+    let new = String::from_utf8(new.stdout).unwrap();
+    assert!(new.contains("http2 on;") && !new.contains("ssl http2"));
+    let old = opskit(&cfg)
+        .args(["nginx", "render", "--nginx-version", "1.22"])
+        .output()
+        .unwrap();
+    let old = String::from_utf8(old.stdout).unwrap();
+    assert!(old.contains("listen 443 ssl http2;") && old.contains("ssl_session_tickets off;"));
+    opskit(&cfg)
+        .args(["nginx", "render", "--nginx-version", "latest"])
+        .assert()
+        .code(2);
+    opskit(&cfg)
+        .args(["nginx", "render", "--nginx-version", "1.12"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn bad_settings_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("domain = \"ipo com\"", "nginx.domain"),
+        ("domain = \"ipo.com;\"", "nginx.domain"),
+        ("bot_keyword = \"Google;Bot\"", "nginx.bot_keyword"),
+        ("bot_keyword = \"Google {Bot}\"", "nginx.bot_keyword"),
+        ("bot_upstream = \"bot ipo.com\"", "nginx.bot_upstream"),
+        ("api_rate = 0", "nginx.api_rate"),
+        ("api_rate = 1.51", "nginx.api_rate"),
+        ("web_root = \"/etc/ipo\"", "nginx.web_root"),
+        ("api_root = \"/tmp/api\"", "nginx.api_root"),
+        (
+            "php_fpm_socket = \"/run/php;fpm.sock\"",
+            "nginx.php_fpm_socket",
+        ),
+        ("https_listen = [\"443 ssl\"]", "nginx.https_listen"),
+        ("resolver = \"8.8.8.8\"", "nginx.resolver"),
+    ];
+    for (line, key) in cases {
+        let cfg = config_file(dir.path(), &format!("[nginx]\n{line}\n"));
+        let out = opskit(&cfg).args(["nginx", "render"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {err}");
+        assert!(
+            err.contains(key),
+            "{line}: the error must name {key}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{line}: nothing may be rendered");
+    }
+}
+
+#[test]
+fn apply_dry_run_prints_the_deploy_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = opskit(&config_file(dir.path(), ""))
+        .args(["--state-dir", &dir.path().to_string_lossy()])
+        .args(["nginx", "apply", "--dry-run", "--nginx-version", "1.24"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for step in ["[backup]", "[write]", "[test]", "[reload]", "[probe]"] {
+        assert!(text.contains(step), "{step} missing:\n{text}");
+    }
+    assert!(
+        text.contains("nginx -t -q -c /etc/nginx/nginx.conf"),
+        "{text}"
+    );
+    assert!(
+        !Path::new(&dir.path().join("nginx")).exists(),
+        "a dry run writes nothing"
+    );
+}
+
+#[test]
+fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
+    let dir = tempfile::Builder::new()
+        .prefix("opskit-cli-probe-")
+        .tempdir()
+        .unwrap();
+    let layout = RigLayout::with_free_ports(&dir.path().join("lab")).unwrap();
+    let rig = EdgeRig::start(layout, &Default::default()).unwrap();
+    let config = Config {
+        nginx: rig.settings.clone(),
+        ..Config::default()
+    };
+    let cfg = config_file(dir.path(), &config.to_toml());
+    let probe = |extra: &[&str]| {
+        opskit(&cfg)
+            .args([
+                "--output",
+                "json",
+                "nginx",
+                "probe",
+                "--bot-marker",
+                BOT_MARKER,
+                "--group",
+                "tls,redirect,bot",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = probe(&[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["passed"], true);
+    assert!(v["checks"].as_array().unwrap().len() >= 20);
+    // The same server judged against a wrong expectation (the redirect on port 1) fails.
+    let out = probe(&["--http-port", "1", "--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] == "fail")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(failed.contains(&"redirect.301_path_query"), "{failed:?}");
+    assert!(!failed.iter().any(|n| n.starts_with("tls.")), "{failed:?}");
+    drop(rig);
+}
