@@ -462,10 +462,8 @@ impl StepAction for ExportStep {
             .finish()
             .with_context(|| format!("finishing {}", local.display()))
             .map_err(failed)?;
-        if let Ok(p) = std::sync::Arc::try_unwrap(progress).map(|m| m.into_inner()) {
-            if let Ok(p) = p {
-                p.finish();
-            }
+        if let Ok(Ok(p)) = std::sync::Arc::try_unwrap(progress).map(|m| m.into_inner()) {
+            p.finish();
         }
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(

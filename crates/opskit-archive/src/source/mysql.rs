@@ -289,7 +289,7 @@ impl MysqlSource {
         Ok(info)
     }
 
-    fn from_clause(&self, info: &TableInfo) -> String {
+    fn table_with_hint(&self, info: &TableInfo) -> String {
         match &info.index {
             Some(idx) => format!("{} FORCE INDEX ({})", self.table_ref(), quote_ident(idx)),
             None => self.table_ref(),
@@ -301,7 +301,7 @@ impl MysqlSource {
         let info = self.info()?;
         Ok(format!(
             "SELECT * FROM {} WHERE {d} >= ? AND {d} < ? ORDER BY {d}, {pk}",
-            self.from_clause(&info),
+            self.table_with_hint(&info),
             d = quote_ident(&self.date_field),
             pk = quote_ident(&info.pk)
         ))
@@ -386,7 +386,12 @@ fn bson_to_mysql(v: RawBsonRef<'_>) -> anyhow::Result<Value> {
     })
 }
 
-fn format_date(y: u16, mo: u8, d: u8, h: u8, mi: u8, s: u8, us: u32, date_only: bool) -> String {
+fn format_date(
+    (y, mo, d): (u16, u8, u8),
+    (h, mi, s): (u8, u8, u8),
+    us: u32,
+    date_only: bool,
+) -> String {
     if date_only {
         format!("{y:04}-{mo:02}-{d:02}")
     } else if us > 0 {
@@ -431,7 +436,7 @@ fn append_value(
         }
         Value::Date(y, mo, d, h, mi, s, us) => {
             let date_only = col.column_type() == T::MYSQL_TYPE_DATE;
-            let text = format_date(*y, *mo, *d, *h, *mi, *s, *us, date_only);
+            let text = format_date((*y, *mo, *d), (*h, *mi, *s), *us, date_only);
             doc.string(name, &text);
             Some(text)
         }
@@ -583,7 +588,7 @@ impl Source for MysqlSource {
         let info = self.info()?;
         let sql = format!(
             "SELECT COUNT(*) FROM {} WHERE {d} >= ? AND {d} < ?",
-            self.from_clause(&info),
+            self.table_with_hint(&info),
             d = quote_ident(&self.date_field)
         );
         let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
@@ -733,12 +738,12 @@ mod tests {
     #[test]
     fn dates_format_like_mysql() {
         assert_eq!(
-            format_date(2024, 1, 5, 3, 3, 11, 0, false),
+            format_date((2024, 1, 5), (3, 3, 11), 0, false),
             "2024-01-05 03:03:11"
         );
-        assert_eq!(format_date(2024, 1, 5, 0, 0, 0, 0, true), "2024-01-05");
+        assert_eq!(format_date((2024, 1, 5), (0, 0, 0), 0, true), "2024-01-05");
         assert_eq!(
-            format_date(2024, 1, 5, 3, 3, 11, 500, false),
+            format_date((2024, 1, 5), (3, 3, 11), 500, false),
             "2024-01-05 03:03:11.000500"
         );
     }
