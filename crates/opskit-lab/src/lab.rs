@@ -32,7 +32,7 @@ pub struct UpReport {
     /// The lab directory.
     pub dir: PathBuf,
     /// What happened to each requested component, in start order.
-    pub components: Vec<(Component, UpAction)>,
+    pub components: Vec<ComponentUp>,
     /// The generated opskit config.
     pub opskit_toml: PathBuf,
     /// The lab state after `up`.
@@ -43,6 +43,15 @@ impl Serialize for Component {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
     }
+}
+
+/// One component in an [`UpReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ComponentUp {
+    /// The component.
+    pub component: Component,
+    /// What `up` did with it.
+    pub action: UpAction,
 }
 
 /// One stopped server in a [`DownReport`].
@@ -125,7 +134,10 @@ pub fn up(dir: &Path, components: &[Component], opskit_exe: Option<PathBuf>) -> 
                 .iter()
                 .all(|r| r.identity().is_alive() && c.server().probe(&ctx, r).is_ok());
         if healthy {
-            actions.push((c, UpAction::AlreadyRunning));
+            actions.push(ComponentUp {
+                component: c,
+                action: UpAction::AlreadyRunning,
+            });
             continue;
         }
         for r in previous.iter().rev() {
@@ -146,7 +158,10 @@ pub fn up(dir: &Path, components: &[Component], opskit_exe: Option<PathBuf>) -> 
         } else {
             UpAction::Restarted
         };
-        actions.push((c, action));
+        actions.push(ComponentUp {
+            component: c,
+            action,
+        });
     }
     // Everything launched is now in lab.json (or was stopped when it failed to answer).
     take_spawned(&dir)?;
@@ -386,8 +401,8 @@ impl LabBuilder {
         self
     }
 
-    /// Starts the lab and returns the guard that brings it down when dropped. On failure what
-    /// was started is stopped again.
+    /// Starts the lab and returns the guard that brings it down when dropped. On failure the
+    /// lab is brought down again (every server recorded in the directory is stopped).
     pub fn up(self) -> Result<Lab> {
         match up(&self.dir, &self.components, self.opskit_exe) {
             Ok(report) => Ok(Lab {

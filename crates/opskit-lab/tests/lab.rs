@@ -191,6 +191,13 @@ fn host_key_checking_stays_on() {
     sftp.sftp_batch("ls\n").unwrap();
 }
 
+fn actions(r: &opskit_lab::UpReport) -> Vec<(Component, UpAction)> {
+    r.components
+        .iter()
+        .map(|c| (c.component, c.action))
+        .collect()
+}
+
 #[test]
 fn up_twice_is_idempotent_and_restarts_only_the_dead() {
     let dir = lab_dir();
@@ -209,7 +216,7 @@ fn up_twice_is_idempotent_and_restarts_only_the_dead() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(
-        again.components,
+        actions(&again),
         [
             (Component::Sshd, UpAction::AlreadyRunning),
             (Component::Mariadb, UpAction::AlreadyRunning)
@@ -220,9 +227,16 @@ fn up_twice_is_idempotent_and_restarts_only_the_dead() {
     // MariaDB dies behind the lab's back: the next up restarts it and only it.
     let db = first.server("mariadb").unwrap();
     daemon::stop(&db.identity(), Duration::from_secs(30)).unwrap();
+    let st = opskit_lab::status(dir.path()).unwrap();
+    let alive: Vec<_> = st
+        .servers
+        .iter()
+        .map(|s| (s.record.name.as_str(), s.alive, s.answering))
+        .collect();
+    assert_eq!(alive, [("sshd", true, true), ("mariadb", false, false)]);
     let third = opskit_lab::up(dir.path(), &both, None).unwrap();
     assert_eq!(
-        third.components,
+        actions(&third),
         [
             (Component::Sshd, UpAction::AlreadyRunning),
             (Component::Mariadb, UpAction::Restarted)

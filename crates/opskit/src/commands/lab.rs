@@ -73,17 +73,23 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
     match args.action {
         LabAction::Up { dir, only } => {
             let exe = std::env::current_exe().ok();
-            let report = opskit_lab::up(&dir.dir, &only, exe).map_err(failed)?;
+            let report = opskit_lab::up(&dir.dir, &only, exe).map_err(|e| {
+                failed(e.context(format!(
+                    "opskit lab up (servers that did start keep running: `opskit lab status --dir \
+                     {0}`; stop them with `opskit lab down --dir {0}`)",
+                    dir.dir.display()
+                )))
+            })?;
             if json {
                 print_json(&report);
             } else {
-                for (c, action) in &report.components {
-                    let what = match action {
+                for c in &report.components {
+                    let what = match c.action {
                         UpAction::Started => "started",
                         UpAction::Restarted => "restarted",
                         UpAction::AlreadyRunning => "already running",
                     };
-                    println!("{c}: {what}");
+                    println!("{}: {what}", c.component);
                 }
                 for s in &report.state.servers {
                     println!("  {}", describe(s));
