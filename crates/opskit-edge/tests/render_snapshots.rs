@@ -45,31 +45,34 @@ fn first_difference(a: &str, b: &str) -> String {
 
 /// Every alternative of D2–D14 switched away from its default.
 pub fn alternatives() -> NginxConfig {
-    let mut c = NginxConfig::default();
-    c.bot_keyword_space_optional = true;
-    c.bot_rate_limited = true;
-    c.bot_host_header = BotHostHeader::Site;
-    c.resolver = Some("127.0.0.1".parse().unwrap());
-    c.api_burst = 2;
-    c.api_namespace_strict = true;
-    c.landing_fallback = LandingFallback::Named;
-    c.serve_existing_files = true;
-    c.static_root = Some("/www/static".parse().unwrap());
-    c.static_max_age_secs = 604_800;
-    c.static_immutable = false;
-    c.hsts_include_subdomains = true;
-    c.hsts_preload = true;
-    c.real_ip_from = vec!["10.0.0.0/8".into(), "192.168.1.0/24".into()];
-    c.ocsp_stapling = true;
-    c.api_rate = Rate::try_from(2.0).unwrap();
-    c
+    NginxConfig {
+        bot_keyword_space_optional: true,
+        bot_rate_limited: true,
+        bot_host_header: BotHostHeader::Site,
+        resolver: Some("127.0.0.1".parse().unwrap()),
+        api_burst: 2,
+        api_namespace_strict: true,
+        landing_fallback: LandingFallback::Named,
+        serve_existing_files: true,
+        static_root: Some("/www/static".parse().unwrap()),
+        static_max_age_secs: 604_800,
+        static_immutable: false,
+        hsts_include_subdomains: true,
+        hsts_preload: true,
+        real_ip_from: vec!["10.0.0.0/8".into(), "192.168.1.0/24".into()],
+        ocsp_stapling: true,
+        api_rate: Rate::try_from(2.0).unwrap(),
+        ..NginxConfig::default()
+    }
 }
 
 #[test]
 fn default_config_per_nginx_version() {
     for v in ["1.14", "1.16", "1.18", "1.20", "1.22", "1.24", "1.26"] {
-        let mut c = NginxConfig::default();
-        c.nginx_version = v.into();
+        let c = NginxConfig {
+            nginx_version: v.into(),
+            ..NginxConfig::default()
+        };
         c.check().unwrap();
         snapshot(&format!("default-{v}.conf"), &render::render(&c));
     }

@@ -254,7 +254,7 @@ impl NginxConfig {
 
     fn check_version(&self) -> Result<(), SettingError> {
         match parse_nginx_version(&self.nginx_version) {
-            Some(v) if v >= (1, 14, 0) && v < (2, 0, 0) => Ok(()),
+            Some(v) if ((1, 14, 0)..(2, 0, 0)).contains(&v) => Ok(()),
             Some(_) => Err(bad(
                 "nginx_version",
                 format!(
@@ -494,7 +494,8 @@ mod tests {
 
     #[test]
     fn unsafe_settings_are_refused_with_their_key() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut NginxConfig)>)> = vec![
+        type Edit = Box<dyn FnOnce(&mut NginxConfig)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "nginx.bot_keyword",
                 Box::new(|c| c.bot_keyword = "Google;Bot".into()),
@@ -561,8 +562,10 @@ mod tests {
 
     #[test]
     fn whole_rates_render_per_second() {
-        let mut c = NginxConfig::default();
-        c.api_rate = Rate::try_from(10.0).unwrap();
+        let mut c = NginxConfig {
+            api_rate: Rate::try_from(10.0).unwrap(),
+            ..NginxConfig::default()
+        };
         assert_eq!(c.api_rate_directive().as_deref(), Some("10r/s"));
         c.api_rate = Rate::try_from(0.5).unwrap();
         assert_eq!(c.api_rate_directive().as_deref(), Some("30r/m"));

@@ -242,7 +242,7 @@ impl Probe<'_> {
                 } else {
                     self.send(&req)?
                 };
-                let routed = self.from_bot(&r, &normal);
+                let routed = self.served_by_bot(&r, &normal);
                 all &= routed;
                 seen.push(format!(
                     "{ua:?} {path} → {}{}",
@@ -270,7 +270,7 @@ impl Probe<'_> {
         let mut seen = Vec::new();
         for ua in &uas {
             let r = self.send(&self.page("/static/").user_agent(ua))?;
-            let routed = self.from_bot(&r, normal);
+            let routed = self.served_by_bot(&r, normal);
             none &= !routed;
             seen.push(format!(
                 "{ua:?} → {}{}",

@@ -369,7 +369,7 @@ impl Probe<'_> {
     }
 
     /// True when `resp` came from the bot upstream.
-    pub fn from_bot(&self, resp: &Response, normal: &Response) -> bool {
+    pub fn served_by_bot(&self, resp: &Response, normal: &Response) -> bool {
         match &self.opts.bot_marker {
             Some(marker) => {
                 let (name, value) = marker.split_once(':').unwrap_or((marker, ""));
