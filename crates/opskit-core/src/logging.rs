@@ -27,7 +27,10 @@ pub fn init(format: LogFormat, verbosity: i8) {
         .with_env_filter(filter)
         .with_writer(crate::progress::LogWriter::default);
     let _ = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Human => builder
+            .with_target(false)
+            .with_ansi(crate::progress::stderr_is_tty())
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -1,0 +1,358 @@
+//! The archive drill (spec §1) on the lab's MariaDB and SFTP host: seed a month, plan it, prove
+//! that a dry run and a failed upload delete nothing and alert, archive it, verify the upload,
+//! re-run (nothing to do), take a late arrival, and restore.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use opskit_core::config::Config;
+use opskit_lab::lab::LabView;
+use opskit_lab::{Component, LabState, MariadbServer, SftpServer, WebhookReceiver};
+
+use crate::report::{Check, DrillReport};
+use crate::run::Opskit;
+
+const RUNBOOK: &str = "archive";
+/// The drilled month; its neighbours are seeded too and must survive.
+const MONTH: &str = "2024-01";
+
+/// Rows per month of the drill data: `rows` in the month, a tenth in each neighbour, plus
+/// four rows whose date field no month can match.
+fn seed_sql(rows: u64) -> String {
+    let side = (rows / 10).max(1);
+    format!(
+        "USE test;
+         DROP TABLE IF EXISTS test.user_logs;
+         CREATE TABLE test.user_logs (id BIGINT AUTO_INCREMENT PRIMARY KEY, create_on VARCHAR(32) NULL,
+           user_id INT NOT NULL, action VARCHAR(32) NOT NULL, payload VARCHAR(200) NOT NULL,
+           KEY idx_create_on (create_on)) ENGINE=InnoDB;
+         INSERT INTO test.user_logs (create_on, user_id, action, payload)
+           SELECT DATE_FORMAT(TIMESTAMP('2024-01-01') + INTERVAL (seq * 2678399 DIV {rows}) SECOND, '%Y-%m-%d %H:%i:%s'),
+                  seq % 1000, 'login', CONCAT(MD5(seq), MD5(seq + 1), MD5(seq + 2))
+           FROM seq_0_to_{last};
+         INSERT INTO test.user_logs (create_on, user_id, action, payload)
+           SELECT DATE_FORMAT(TIMESTAMP('2023-12-01') + INTERVAL (seq * 2678399 DIV {side}) SECOND, '%Y-%m-%d %H:%i:%s'),
+                  seq % 1000, 'view', MD5(seq) FROM seq_0_to_{side_last};
+         INSERT INTO test.user_logs (create_on, user_id, action, payload)
+           SELECT DATE_FORMAT(TIMESTAMP('2024-02-01') + INTERVAL (seq * 2505599 DIV {side}) SECOND, '%Y-%m-%d %H:%i:%s'),
+                  seq % 1000, 'view', MD5(seq) FROM seq_0_to_{side_last};
+         INSERT INTO test.user_logs (create_on, user_id, action, payload) VALUES
+           (NULL, 1, 'anomaly', 'missing date'), ('2024-1-5 3:03:11', 1, 'anomaly', 'unpadded'),
+           ('2024-01-05T03:03:11', 1, 'anomaly', 'iso T'), ('', 1, 'anomaly', 'empty');",
+        last = rows - 1,
+        side_last = side - 1,
+    )
+}
+
+/// Counts of the drilled month, its neighbours and the anomalies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    month: u64,
+    before: u64,
+    after: u64,
+    anomalies: u64,
+}
+
+fn counts(db: &MariadbServer) -> anyhow::Result<Counts> {
+    let out = db.sql(
+        "SELECT SUM(create_on >= '2024-01-01 00:00:00' AND create_on < '2024-02-01 00:00:00' AND action <> 'anomaly'),
+                SUM(create_on >= '2023-12-01 00:00:00' AND create_on < '2024-01-01 00:00:00'),
+                SUM(create_on >= '2024-02-01 00:00:00' AND create_on < '2024-03-01 00:00:00'),
+                SUM(action = 'anomaly')
+         FROM test.user_logs",
+    )?;
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .map(|s| s.parse().unwrap_or(0))
+        .collect();
+    anyhow::ensure!(v.len() == 4, "unexpected count output {out:?}");
+    Ok(Counts {
+        month: v[0],
+        before: v[1],
+        after: v[2],
+        anomalies: v[3],
+    })
+}
+
+/// Resets what earlier drills left: journals, staged files and uploaded archives.
+fn reset(config: &Config, sftp: &SftpServer) -> anyhow::Result<()> {
+    for dir in [
+        config.general.state_dir.path(),
+        config.archive.staging_dir.path(),
+        &sftp.backup_dir.join(&config.archive.sftp.remote_dir),
+    ] {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing {}", dir.display())),
+        }
+    }
+    std::fs::create_dir_all(config.archive.staging_dir.path())?;
+    std::fs::create_dir_all(config.general.state_dir.path())?;
+    Ok(())
+}
+
+/// Everything the archive drill needs from the lab.
+struct Rig {
+    db: MariadbServer,
+    sftp: SftpServer,
+    webhook: WebhookReceiver,
+    config: Config,
+    seeded: Counts,
+}
+
+fn rig(opskit: &Opskit, state: &LabState, rows: u64) -> anyhow::Result<Rig> {
+    let db = MariadbServer::from_state(state)?;
+    let sftp = SftpServer::from_state(state)?;
+    let webhook = WebhookReceiver::from_state(state)?;
+    let config = Config::load_file(opskit.config())?;
+    reset(&config, &sftp)?;
+    db.sql(&seed_sql(rows))?;
+    let seeded = counts(&db)?;
+    Ok(Rig {
+        db,
+        sftp,
+        webhook,
+        config,
+        seeded,
+    })
+}
+
+/// Runs the archive drill and adds its checks to `report`.
+pub fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport) {
+    let clock = Instant::now();
+    let rig = match rig(opskit, state, rows.max(10)) {
+        Ok(r) => r,
+        Err(e) => {
+            report.push(Check::new(
+                RUNBOOK,
+                "seed the lab",
+                false,
+                format!("{e:#}"),
+                0.0,
+            ));
+            return;
+        }
+    };
+    report.push(Check::new(
+        RUNBOOK,
+        "seed test.user_logs",
+        rig.seeded.month == rows.max(10) && rig.seeded.anomalies == 4,
+        format!("{:?}", rig.seeded),
+        clock.elapsed().as_secs_f64(),
+    ));
+    let steps: [(&str, fn(&Opskit, &Rig, &LabState) -> anyhow::Result<String>); 7] = [
+        ("plan shows the month's count and the anomalies", plan),
+        ("--dry-run deletes nothing", dry_run),
+        (
+            "SFTP down: exit 1, nothing deleted, webhook called",
+            sftp_down,
+        ),
+        (
+            "run archives, uploads, verifies and purges the month",
+            run_month,
+        ),
+        ("the upload verifies against the manifest", verify_remote),
+        ("a re-run of a finished month does nothing", rerun),
+        ("restore puts every archived row back", restore),
+    ];
+    for (name, f) in steps {
+        let clock = Instant::now();
+        let result = f(opskit, &rig, state);
+        report.push(Check::new(
+            RUNBOOK,
+            name,
+            result.is_ok(),
+            match result {
+                Ok(detail) => detail,
+                Err(e) => format!("{e:#}"),
+            },
+            clock.elapsed().as_secs_f64(),
+        ));
+    }
+}
+
+fn expect_code(inv: &crate::run::Invocation, want: i32, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        inv.code == want,
+        "{what}: exit {} (want {want}): {}",
+        inv.code,
+        inv.last_error()
+    );
+    Ok(())
+}
+
+fn unchanged(rig: &Rig) -> anyhow::Result<()> {
+    let now = counts(&rig.db)?;
+    anyhow::ensure!(
+        now == rig.seeded,
+        "rows changed: seeded {:?}, now {now:?}",
+        rig.seeded
+    );
+    Ok(())
+}
+
+fn plan(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
+    let inv = opskit.run(&["--output", "json", "archive", "plan", "--month", MONTH])?;
+    expect_code(&inv, 0, "archive plan")?;
+    let text = inv.stdout.clone();
+    let count = rig.seeded.month.to_string();
+    anyhow::ensure!(
+        text.contains(&count),
+        "the plan does not show the count {count}"
+    );
+    unchanged(rig)?;
+    let plan = inv.json()?;
+    let steps: Vec<&str> = plan["steps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["id"].as_str()).collect())
+        .unwrap_or_default();
+    Ok(format!("{count} documents; steps {}", steps.join(" → ")))
+}
+
+fn dry_run(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
+    let inv = opskit.run(&["archive", "run", "--month", MONTH, "--dry-run"])?;
+    expect_code(&inv, 0, "archive run --dry-run")?;
+    unchanged(rig)?;
+    Ok("plan printed, 0 rows deleted".into())
+}
+
+fn sftp_down(opskit: &Opskit, rig: &Rig, state: &LabState) -> anyhow::Result<String> {
+    let before = rig.webhook.received()?.len();
+    for r in state.of_kind(Component::Sshd.name()) {
+        opskit_lab::daemon::stop(&r.identity(), Duration::from_secs(5))?;
+    }
+    let inv = opskit.run(&["archive", "run", "--month", MONTH]);
+    // Bring the backup host back whatever happened.
+    let restarted = opskit_lab::up(&state.dir, &[Component::Sshd], None);
+    let inv = inv?;
+    restarted.context("restarting the lab sshd")?;
+    expect_code(&inv, 1, "archive run with the backup host down")?;
+    unchanged(rig)?;
+    let alerts = rig.webhook.received()?;
+    let alert = alerts
+        .get(before..)
+        .and_then(|new| new.iter().find(|a| a["runbook"] == RUNBOOK))
+        .context("no archive alert reached the lab webhook")?;
+    Ok(format!(
+        "exit 1, rows intact, alert for step `{}`: {}",
+        alert["step"].as_str().unwrap_or("?"),
+        alert["error"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(100)
+            .collect::<String>()
+    ))
+}
+
+fn staged_file(opskit: &Opskit) -> anyhow::Result<std::path::PathBuf> {
+    let cfg = Config::load_file(opskit.config())?;
+    let dir = cfg.archive.staging_dir.path().to_path_buf();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            n.is_some_and(|n| n.contains(MONTH) && n.ends_with(".bson.gz"))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .next()
+        .with_context(|| format!("no staged {MONTH} archive in {}", dir.display()))
+}
+
+fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
+    let inv = opskit.run(&["--output", "json", "archive", "run", "--month", MONTH])?;
+    expect_code(&inv, 0, "archive run")?;
+    let now = counts(&rig.db)?;
+    anyhow::ensure!(now.month == 0, "{} rows of {MONTH} remain", now.month);
+    anyhow::ensure!(
+        now.before == rig.seeded.before
+            && now.after == rig.seeded.after
+            && now.anomalies == rig.seeded.anomalies,
+        "rows outside the month changed: seeded {:?}, now {now:?}",
+        rig.seeded
+    );
+    let staged = staged_file(opskit)?;
+    let name = staged.file_name().context("staged file name")?;
+    let remote = rig
+        .sftp
+        .backup_dir
+        .join(&rig.config.archive.sftp.remote_dir)
+        .join(name);
+    let (local_len, remote_len) = (
+        std::fs::metadata(&staged)?.len(),
+        std::fs::metadata(&remote)
+            .with_context(|| format!("no uploaded archive at {}", remote.display()))?
+            .len(),
+    );
+    anyhow::ensure!(
+        local_len == remote_len,
+        "local {local_len} B, remote {remote_len} B"
+    );
+    let v = inv.json()?;
+    Ok(format!(
+        "{} rows archived and deleted in {:.1}s; {} B on the backup host; neighbours and {} anomalies untouched",
+        rig.seeded.month, inv.secs, remote_len, now.anomalies
+    ) + &v["counters"]
+        .as_object()
+        .map(|c| format!("; counters {}", serde_json::Value::Object(c.clone())))
+        .unwrap_or_default())
+}
+
+fn verify_remote(opskit: &Opskit, _: &Rig, _: &LabState) -> anyhow::Result<String> {
+    let staged = staged_file(opskit)?;
+    let file = staged.to_string_lossy().into_owned();
+    let inv = opskit.run(&["archive", "verify", "--file", &file, "--remote"])?;
+    expect_code(&inv, 0, "archive verify --remote")?;
+    Ok(inv.stdout.trim().chars().take(200).collect())
+}
+
+fn rerun(opskit: &Opskit, _: &Rig, _: &LabState) -> anyhow::Result<String> {
+    let inv = opskit.run(&["--output", "json", "archive", "run", "--month", MONTH])?;
+    expect_code(&inv, 0, "archive run (again)")?;
+    let v = inv.json()?;
+    anyhow::ensure!(
+        v["outcome"] == "already_done",
+        "outcome {} (want already_done)",
+        v["outcome"]
+    );
+    Ok("outcome already_done".into())
+}
+
+fn restore(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
+    let staged = staged_file(opskit)?;
+    let file = staged.to_string_lossy().into_owned();
+    let inv = opskit.run(&[
+        "archive",
+        "restore",
+        "--file",
+        &file,
+        "--target",
+        &rig.db.uri(),
+    ])?;
+    expect_code(&inv, 0, "archive restore")?;
+    let now = counts(&rig.db)?;
+    anyhow::ensure!(
+        now == rig.seeded,
+        "after restore {now:?}, seeded {:?}",
+        rig.seeded
+    );
+    Ok(format!("{} rows back; {}", now.month, inv.stdout.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_sql_sizes_the_month_and_its_neighbours() {
+        let sql = seed_sql(1000);
+        assert!(sql.contains("seq_0_to_999"));
+        assert!(sql.contains("seq_0_to_99;"));
+        assert!(sql.contains("'2024-1-5 3:03:11'"));
+    }
+}

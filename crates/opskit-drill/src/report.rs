@@ -1,0 +1,127 @@
+//! The drill's report: one line per check, grouped by runbook.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// One verified expectation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// The runbook (or `lab`, `config`).
+    pub runbook: String,
+    /// What was expected, in words.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was observed.
+    pub detail: String,
+    /// How long it took.
+    pub secs: f64,
+}
+
+impl Check {
+    /// A check result.
+    pub fn new(
+        runbook: &str,
+        name: &str,
+        passed: bool,
+        detail: impl Into<String>,
+        secs: f64,
+    ) -> Check {
+        Check {
+            runbook: runbook.into(),
+            name: name.into(),
+            passed,
+            detail: detail.into(),
+            secs,
+        }
+    }
+}
+
+/// Every check of one drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    /// The lab the drill ran against.
+    pub lab_dir: PathBuf,
+    /// The checks, in order.
+    pub checks: Vec<Check>,
+}
+
+impl DrillReport {
+    /// An empty report.
+    pub fn new(lab_dir: &Path) -> DrillReport {
+        DrillReport {
+            lab_dir: lab_dir.to_path_buf(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Adds a check (and logs it).
+    pub fn push(&mut self, c: Check) {
+        if c.passed {
+            tracing::info!(runbook = %c.runbook, "PASS {}: {}", c.name, c.detail);
+        } else {
+            tracing::error!(runbook = %c.runbook, "FAIL {}: {}", c.name, c.detail);
+        }
+        self.checks.push(c);
+    }
+
+    /// True when every check passed.
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The report as a table for people.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "DRILL  against the lab in {}\n",
+            self.lab_dir.display()
+        );
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let mut runbook = "";
+        for c in &self.checks {
+            if c.runbook != runbook {
+                runbook = &c.runbook;
+                let _ = writeln!(out, "{runbook}");
+            }
+            let _ = writeln!(
+                out,
+                "  {}  {:<width$}  {:>6.1}s  {}",
+                if c.passed { "PASS" } else { "FAIL" },
+                c.name,
+                c.secs,
+                c.detail
+            );
+        }
+        let failed = self.checks.iter().filter(|c| !c.passed).count();
+        let _ = writeln!(
+            out,
+            "\n{} passed, {} failed",
+            self.checks.len() - failed,
+            failed
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_groups_by_runbook_and_counts() {
+        let mut r = DrillReport::new(Path::new("/tmp/lab"));
+        r.push(Check::new("archive", "exports", true, "100 rows", 1.0));
+        r.push(Check::new("archive", "purges", false, "3 rows left", 2.0));
+        r.push(Check::new("nginx", "probe", true, "22 checks", 3.0));
+        let t = r.render_text();
+        assert!(t.contains("archive\n  PASS  exports"));
+        assert!(t.contains("  FAIL  purges"));
+        assert!(t.contains("nginx\n  PASS  probe"));
+        assert!(t.ends_with("2 passed, 1 failed\n"));
+        assert!(!r.passed());
+    }
+}
