@@ -468,3 +468,29 @@ fn the_driver_handshakes_and_talks_op_msg_only() {
     // 2013 is OP_MSG; the legacy OP_QUERY (2004) must not appear.
     assert!(entries.iter().all(|e| e["opcode"] == 2013), "{entries:#?}");
 }
+
+#[test]
+fn restore_inserts_the_archived_bytes_unordered_and_counts_duplicates_as_present() {
+    let Some(double) = start("archive") else {
+        return;
+    };
+    let mut source = double.source(fast());
+    let served = double.served();
+    let docs: Vec<RawDocumentBuf> = served
+        .iter()
+        .map(|b| RawDocumentBuf::from_bytes(b.clone()).unwrap())
+        .collect();
+    let refs: Vec<&bson::RawDocument> = docs.iter().map(|d| d.as_ref()).collect();
+    assert_eq!(source.insert_documents(&refs).unwrap(), 4);
+
+    let insert = double.only("insert");
+    assert_eq!(insert["insert"], "user_logs");
+    assert_eq!(insert["ordered"], false);
+    assert_eq!(insert["writeConcern"]["w"], "majority");
+    // The documents went out as archived: compare them as canonical Extended JSON.
+    let expected: Vec<Value> = docs
+        .iter()
+        .map(|d| ext(bson::Document::try_from(d.as_ref()).unwrap()))
+        .collect();
+    assert_eq!(insert["documents"], Value::Array(expected));
+}

@@ -20,7 +20,7 @@ use bson::{Bson, Document, RawDocument, RawDocumentBuf, Regex, doc};
 use futures_util::StreamExt;
 use mongodb::options::{
     Acknowledgment, ClientOptions, Collation, CountOptions, Credential, DeleteOptions, FindOptions,
-    Hint, WriteConcern,
+    Hint, InsertManyOptions, WriteConcern,
 };
 use mongodb::{Client, Collection, Database};
 
@@ -106,7 +106,7 @@ impl MongoSource {
             .build()
             .context("cannot start the MongoDB adapter's tokio runtime")?;
         let password = match password_file {
-            Some(path) => Some(read_password_file(path)?),
+            Some(path) => Some(read_password_file(path).context("archive.source_password_file")?),
             None => None,
         };
         let uri_owned = uri.to_string();
@@ -117,13 +117,15 @@ impl MongoSource {
             options.command_timeout,
             parse,
         )
-        .with_context(|| format!("bad MongoDB URI `{}`", redact_uri(uri)))?;
-        apply_client_settings(&mut client_options, password, &options)?;
+        .with_context(|| format!("archive.source_uri: bad MongoDB URI `{}`", redact_uri(uri)))?;
+        apply_client_settings(&mut client_options, password, &options)
+            .context("archive.source_uri")?;
         let description = describe_target(&client_options, database, collection);
         let client = {
             let _guard = runtime.enter();
-            Client::with_options(client_options)
-                .with_context(|| format!("cannot create a MongoDB client for {description}"))?
+            Client::with_options(client_options).with_context(|| {
+                format!("archive.source_uri: cannot create a MongoDB client for {description}")
+            })?
         };
         let coll = client
             .database(database)
@@ -390,6 +392,44 @@ impl Source for MongoSource {
                 .with_context(|| format!("replSetGetStatus of {}", self.description)),
         }
     }
+
+    /// `insertMany` of the archived documents as they are (ordered: false, `w: "majority"`);
+    /// a duplicate `_id` means the document is already present and is kept.
+    fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        let owned: Vec<RawDocumentBuf> = docs.iter().map(|d| d.to_raw_document_buf()).collect();
+        let n = owned.len();
+        let options = restore_insert_options(self.options.delete_timeout);
+        let coll = self.coll.clone();
+        self.run(
+            &format!("insertMany of {n} documents"),
+            self.options.delete_timeout + Duration::from_secs(5),
+            async move {
+                match coll.insert_many(owned).with_options(options).await {
+                    Ok(result) => Ok(result.inserted_ids.len() as u64),
+                    Err(e) => {
+                        if let mongodb::error::ErrorKind::InsertMany(failure) = e.kind.as_ref() {
+                            let codes: Vec<i32> = failure
+                                .write_errors
+                                .iter()
+                                .flatten()
+                                .map(|w| w.code)
+                                .collect();
+                            let wc_failed = failure.write_concern_error.is_some();
+                            if let Some(inserted) =
+                                inserted_despite_duplicates(n, &codes, wc_failed)
+                            {
+                                return Ok(inserted);
+                            }
+                        }
+                        Err(e)
+                    }
+                }
+            },
+        )
+    }
 }
 
 /// Server error code of `replSetGetStatus` on a standalone.
@@ -644,6 +684,37 @@ pub fn delete_options(wtimeout: Duration) -> DeleteOptions {
         .collation(simple_collation())
         .comment(Bson::String("opskit archive purge".into()))
         .build()
+}
+
+/// `insertMany` options of a restore: every document is tried (`ordered: false`), majority
+/// write concern with a `wtimeout`.
+pub fn restore_insert_options(wtimeout: Duration) -> InsertManyOptions {
+    InsertManyOptions::builder()
+        .ordered(false)
+        .write_concern(
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .w_timeout(wtimeout)
+                .build(),
+        )
+        .comment(Bson::String("opskit archive restore".into()))
+        .build()
+}
+
+/// Server code of a duplicate key.
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// How many of `n` documents were inserted when the only errors were duplicate keys (already
+/// present, kept); `None` when another error or a write concern failure happened.
+pub fn inserted_despite_duplicates(
+    n: usize,
+    codes: &[i32],
+    write_concern_failed: bool,
+) -> Option<u64> {
+    if write_concern_failed || codes.iter().any(|c| *c != DUPLICATE_KEY) {
+        return None;
+    }
+    Some(n.saturating_sub(codes.len()) as u64)
 }
 
 /// `{listIndexes: collection}`.
@@ -941,6 +1012,22 @@ mod tests {
         assert_eq!(wc.w_timeout, Some(Duration::from_secs(60)));
         assert_eq!(o.collation.unwrap().locale, "simple");
         assert_eq!(o.hint, None, "the planner picks the _id index for $in");
+    }
+
+    #[test]
+    fn restore_inserts_unordered_with_majority_and_keeps_duplicates() {
+        let o = restore_insert_options(Duration::from_secs(30));
+        assert_eq!(o.ordered, Some(false));
+        let wc = o.write_concern.unwrap();
+        assert_eq!(wc.w, Some(Acknowledgment::Majority));
+        assert_eq!(wc.w_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(inserted_despite_duplicates(10, &[], false), Some(10));
+        assert_eq!(
+            inserted_despite_duplicates(10, &[11000, 11000], false),
+            Some(8)
+        );
+        assert_eq!(inserted_despite_duplicates(10, &[11000, 121], false), None);
+        assert_eq!(inserted_despite_duplicates(10, &[11000], true), None);
     }
 
     #[test]

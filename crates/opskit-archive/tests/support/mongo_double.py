@@ -17,6 +17,7 @@ Scenarios:
   no_index      the collection has only the `_id_` index.
   no_collection listIndexes fails with NamespaceNotFound (26).
   stall_getmore like `archive`, but the first `getMore` is never answered.
+  (every scenario) `insert` reports the first document as a duplicate key (already present).
   replset       replSetGetStatus reports a primary and two secondaries 2.5 s and 7 s behind.
 """
 
@@ -152,6 +153,11 @@ def main():
         elif name == "delete":
             ids = command["deletes"][0]["q"]["_id"]["$in"]
             request.reply({"n": max(len(ids) - 1, 0), "ok": 1.0})
+        elif name == "insert":  # restore: the first document is already present
+            n = len(command.get("documents", []))
+            request.reply({"n": max(n - 1, 0), "writeErrors": [
+                {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error (test double)"}],
+                "ok": 1.0})
         elif name == "replsetgetstatus":
             if scenario == "replset":
                 request.reply(replset_status())
