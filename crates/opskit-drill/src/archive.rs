@@ -92,6 +92,9 @@ fn reset(config: &Config, sftp: &SftpServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One scenario of the drill: what it observed, or why it failed.
+type Scenario = fn(&Opskit, &Rig, &LabState) -> anyhow::Result<String>;
+
 /// Everything the archive drill needs from the lab.
 struct Rig {
     db: MariadbServer,
@@ -141,7 +144,7 @@ pub fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillRep
         format!("{:?}", rig.seeded),
         clock.elapsed().as_secs_f64(),
     ));
-    let steps: [(&str, fn(&Opskit, &Rig, &LabState) -> anyhow::Result<String>); 7] = [
+    let steps: [(&str, Scenario); 7] = [
         ("plan shows the month's count and the anomalies", plan),
         ("--dry-run deletes nothing", dry_run),
         (
