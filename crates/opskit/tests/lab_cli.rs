@@ -224,7 +224,9 @@ fn only_env_dir_and_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown lab component `mongodb`"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[possible values: sshd, mariadb, webhook]")
+    );
 
     // --purge of a directory that is not a lab: refused, exit 3, nothing deleted.
     let not_lab = tmp.path().join("precious");

@@ -33,7 +33,7 @@ pub enum LabAction {
         #[command(flatten)]
         dir: LabDir,
         /// Only these components, comma-separated [default: all].
-        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        #[arg(long, value_delimiter = ',', value_name = "NAMES", value_parser = component_parser())]
         only: Vec<Component>,
     },
     /// Stop exactly the recorded server processes; keep the data unless --purge.
@@ -58,6 +58,13 @@ pub enum LabAction {
         #[arg(long)]
         port: u16,
     },
+}
+
+/// Accepts the registered component names (and lists them in `--help`).
+fn component_parser() -> impl clap::builder::TypedValueParser<Value = Component> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(Component::ALL.iter().map(|c| PossibleValue::new(c.name())))
+        .map(|s| s.parse::<Component>().expect("a registered component"))
 }
 
 fn failed(e: anyhow::Error) -> OpsError {
