@@ -39,6 +39,7 @@ impl App {
                 .parse()
                 .map_err(|e| OpsError::Usage(format!("--state-dir: {e}")))?;
         }
+        tracing::debug!(source = %source, state_dir = %config.general.state_dir, "configuration loaded");
         Ok(App {
             config,
             source,

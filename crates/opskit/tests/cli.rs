@@ -186,3 +186,24 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         &text[..80]
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_quiet_silences_info() {
+    let out = opskit()
+        .args(["--log-format", "json", "-v", "config", "show"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let loaded = lines
+        .iter()
+        .find(|v| v["message"] == "configuration loaded")
+        .expect("the debug line is there with -v");
+    assert_eq!(loaded["level"], "DEBUG");
+    assert_eq!(loaded["source"], "built-in defaults");
+    let out = opskit().args(["-q", "config", "show"]).assert().success();
+    assert!(out.get_output().stderr.is_empty());
+}
