@@ -146,10 +146,16 @@ pub fn up(dir: &Path, components: &[Component], opskit_exe: Option<PathBuf>) -> 
         }
         state.servers.retain(|r| r.kind != c.name());
         state.save()?;
-        let started = c
-            .server()
-            .start(&ctx, &previous)
-            .with_context(|| format!("lab component {c} in {}", dir.display()))?;
+        let started = match c.server().start(&ctx, &previous) {
+            Ok(started) => started,
+            Err(e) => {
+                // A component with several processes may have started some of them.
+                if let Err(e2) = stop_unrecorded(&state) {
+                    tracing::warn!("stopping what {c} started before it failed: {e2:#}");
+                }
+                return Err(e.context(format!("lab component {c} in {}", dir.display())));
+            }
+        };
         tracing::info!(component = %c, "lab server started");
         state.servers.extend(started);
         state.save()?;

@@ -13,6 +13,36 @@
 //!    and fixes the start order (stop order is the reverse).
 //!
 //! Nothing else changes: `up`, `down`, `status`, `lab.json` and the CLI are generic.
+//!
+//! A component with several processes (nginx + php-fpm + a bot upstream) calls
+//! [`LabContext::start_process`] once per process, dependencies first, and returns one
+//! [`ServerRecord`] per process with distinct `name`s (`kind` is the component's name). `up`
+//! treats the component as one unit: if any of its processes is dead or silent, all of them are
+//! stopped and `start` runs again; if `start` fails half-way, the processes it did start are
+//! stopped. Pick ports with [`with_free_port`] (it retries when another lab grabbed the port),
+//! write configs with [`write_file`] and paths with [`config_path`], and record what tests
+//! need in `ServerRecord::details`.
+//!
+//! ```ignore
+//! // components/echo.rs: a minimal component.
+//! pub struct Echo;
+//! impl Server for Echo {
+//!     fn start(&self, ctx: &LabContext, previous: &[ServerRecord]) -> Result<Vec<ServerRecord>> {
+//!         let log = ctx.mkdir("echo")?.join("echo.log");
+//!         let record = with_free_port(previous.iter().find_map(|r| r.port), |port| {
+//!             let launch = Launch::new("echo", "socat", &log)
+//!                 .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+//!                 .arg("EXEC:cat");
+//!             let at = Endpoint { port: Some(port), socket: None };
+//!             ctx.start_process("echo", launch, at, Duration::from_secs(10), || {
+//!                 tcp_connect(port).map(drop)
+//!             })
+//!         })?;
+//!         Ok(vec![record])
+//!     }
+//! }
+//! // and in registry! below:  Echo("echo") => echo::Echo,
+//! ```
 
 use std::net::{TcpStream, ToSocketAddrs as _};
 use std::os::unix::net::UnixStream;
