@@ -66,7 +66,11 @@ fn up_status_down_round_trip() {
     let dir = tmp.path().join("lab");
     let _guard = LabDown(dir.clone());
 
-    let out = run_ok(opskit().args(["lab", "up", "--dir"]).arg(&dir));
+    let out = run_ok(
+        opskit()
+            .args(["lab", "up", "--only", "sshd,mariadb,webhook", "--dir"])
+            .arg(&dir),
+    );
     assert!(out.contains("sshd: started"), "{out}");
     assert!(out.contains("mariadb: started"), "{out}");
     assert!(out.contains("webhook: started"), "{out}");
@@ -158,7 +162,11 @@ fn up_status_down_round_trip() {
     assert_eq!(received[0]["run_key"], "archive-2026-10");
 
     // up again: nothing restarted.
-    let out = run_ok(opskit().args(["lab", "up", "--dir"]).arg(&dir));
+    let out = run_ok(
+        opskit()
+            .args(["lab", "up", "--only", "sshd,mariadb,webhook", "--dir"])
+            .arg(&dir),
+    );
     assert_eq!(out.matches("already running").count(), 3, "{out}");
     let again: Vec<i64> = status_json(&dir)["servers"]
         .as_array()
@@ -225,7 +233,7 @@ fn only_env_dir_and_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("[possible values: sshd, mariadb, webhook]")
+        String::from_utf8_lossy(&out.stderr).contains("[possible values: sshd, mariadb, webhook")
     );
 
     // --purge of a directory that is not a lab: refused, exit 3, nothing deleted.
