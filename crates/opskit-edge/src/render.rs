@@ -108,7 +108,7 @@ fn main_context(c: &mut Conf, cfg: &NginxConfig) {
     ));
     c.line(&format!("error_log {} warn;", cfg.error_log));
     c.line(&format!("pid {};", cfg.pid_file));
-    if let Some(modules) = &cfg.modules_include {
+    for modules in &cfg.modules_include {
         c.line(&format!("include {modules};"));
     }
     c.blank();

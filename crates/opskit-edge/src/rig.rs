@@ -50,6 +50,36 @@ impl RigLayout {
         self.dir.join(rel)
     }
 
+    /// php-fpm's config (`daemonize = yes`; run with `-F` to keep it in the foreground).
+    pub fn php_fpm_conf(&self) -> PathBuf {
+        self.path("php-fpm.conf")
+    }
+
+    /// php-fpm's socket.
+    pub fn php_fpm_socket(&self) -> PathBuf {
+        self.path("run/php-fpm.sock")
+    }
+
+    /// The bot upstream's nginx prefix (its config is `nginx.conf` in it, logs in `logs/`).
+    pub fn bot_prefix(&self) -> PathBuf {
+        self.path("bot")
+    }
+
+    /// The bot upstream's nginx config.
+    pub fn bot_conf(&self) -> PathBuf {
+        self.path("bot/nginx.conf")
+    }
+
+    /// The edge's nginx prefix.
+    pub fn edge_prefix(&self) -> PathBuf {
+        self.path("edge")
+    }
+
+    /// The edge's nginx config (the rendered spec §2 config).
+    pub fn edge_conf(&self) -> PathBuf {
+        self.path("edge/nginx.conf")
+    }
+
     fn abs(&self, rel: &str) -> opskit_core::config::value::AbsPath {
         self.path(rel)
             .to_string_lossy()
@@ -80,7 +110,7 @@ impl RigLayout {
         c.error_log = self.abs("edge/logs/error.log");
         c.access_log = self.abs("edge/logs/access.log");
         c.temp_dir = Some(self.abs("edge/tmp"));
-        c.modules_include = None;
+        c.modules_include = Vec::new();
         c.allowed_roots = vec![self.abs("www")];
         c.config_path = self.abs("edge/nginx.conf");
         c.nginx_prefix = Some(self.abs("edge"));
@@ -90,6 +120,20 @@ impl RigLayout {
         c.probe_cacert = Some(self.abs("pki/ca.crt"));
         c
     }
+}
+
+/// Writes everything the rig's processes need (tree, PKI, fixtures, php-fpm, bot and edge
+/// configs) and returns the edge settings, rendered for the installed nginx.
+pub fn prepare(layout: &RigLayout, base: &NginxConfig) -> anyhow::Result<NginxConfig> {
+    let (a, b, c) = check::installed_version(base.nginx_binary.path())?;
+    let settings = layout.settings(base, &format!("{a}.{b}.{c}"));
+    prepare_tree(layout)?;
+    make_pki(layout, &settings)?;
+    write_fixtures(layout)?;
+    write_php_fpm_conf(layout)?;
+    std::fs::write(layout.bot_conf(), bot_config(layout))?;
+    std::fs::write(layout.edge_conf(), render::render(&settings))?;
+    Ok(settings)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -110,12 +154,7 @@ impl EdgeRig {
     /// Creates the directory tree, PKI, fixtures and configs, then starts php-fpm, the bot
     /// upstream and the edge nginx. `base` gives the behaviour settings (burst, headers...).
     pub fn start(layout: RigLayout, base: &NginxConfig) -> anyhow::Result<EdgeRig> {
-        let nginx = base.nginx_binary.path().to_path_buf();
-        let (a, b, c) = check::installed_version(&nginx)?;
-        let settings = layout.settings(base, &format!("{a}.{b}.{c}"));
-        prepare_tree(&layout)?;
-        make_pki(&layout, &settings)?;
-        write_fixtures(&layout)?;
+        let settings = prepare(&layout, base)?;
         let mut rig = EdgeRig {
             layout,
             settings,
@@ -127,20 +166,20 @@ impl EdgeRig {
 
     fn start_processes(&mut self) -> anyhow::Result<()> {
         let l = self.layout.clone();
-        write_php_fpm_conf(&l)?;
-        let fpm = php_fpm_binary()?;
-        run_ok(Command::new(&fpm).arg("-y").arg(l.path("php-fpm.conf")))?;
-        wait_for(&l.path("run/php-fpm.sock"), "php-fpm's socket")?;
-        std::fs::write(l.path("bot/nginx.conf"), bot_config(&l))?;
+        run_ok(
+            Command::new(php_fpm_binary()?)
+                .arg("-y")
+                .arg(l.php_fpm_conf()),
+        )?;
+        wait_for(&l.php_fpm_socket(), "php-fpm's socket")?;
         self.nginx(
             &["-p", &l.path("bot").to_string_lossy(), "-c"],
-            &l.path("bot/nginx.conf"),
+            &l.bot_conf(),
         )?;
         wait_for(&l.path("bot/nginx.pid"), "the bot upstream's pid file")?;
-        std::fs::write(l.path("edge/nginx.conf"), render::render(&self.settings))?;
         self.nginx(
             &["-p", &l.path("edge").to_string_lossy(), "-c"],
-            &l.path("edge/nginx.conf"),
+            &l.edge_conf(),
         )?;
         wait_for(&l.path("edge/nginx.pid"), "the edge's pid file")?;
         Ok(())
@@ -263,7 +302,8 @@ pub fn stop_by_pid_file(pid_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn php_fpm_binary() -> anyhow::Result<PathBuf> {
+/// The installed php-fpm binary.
+pub fn php_fpm_binary() -> anyhow::Result<PathBuf> {
     for candidate in [
         "/usr/sbin/php-fpm8.2",
         "/usr/sbin/php-fpm",

@@ -106,8 +106,8 @@ pub struct NginxConfig {
     pub mime_types: AbsPath,
     /// The FastCGI params file to include (must not set `SCRIPT_FILENAME`).
     pub fastcgi_params: AbsPath,
-    /// Dynamic module snippets to include (a glob); unset: none.
-    pub modules_include: Option<AbsPath>,
+    /// Dynamic module snippets to include (globs); empty: none.
+    pub modules_include: Vec<AbsPath>,
     /// Directories that `web_root`, `api_root` and `static_root` must lie under.
     pub allowed_roots: Vec<AbsPath>,
     /// Where `apply` writes the rendered config (it replaces the whole `nginx.conf`).
@@ -178,7 +178,7 @@ impl Default for NginxConfig {
             temp_dir: None,
             mime_types: parse("/etc/nginx/mime.types"),
             fastcgi_params: parse("/etc/nginx/fastcgi_params"),
-            modules_include: Some(parse("/usr/share/nginx/modules/*.conf")),
+            modules_include: vec![parse("/usr/share/nginx/modules/*.conf")],
             allowed_roots: vec![parse("/www")],
             config_path: parse("/etc/nginx/nginx.conf"),
             nginx_binary: parse("/usr/sbin/nginx"),
@@ -569,6 +569,26 @@ mod tests {
         assert_eq!(c.api_rate_directive().as_deref(), Some("10r/s"));
         c.api_rate = Rate::try_from(0.5).unwrap();
         assert_eq!(c.api_rate_directive().as_deref(), Some("30r/m"));
+    }
+
+    #[test]
+    fn every_setting_round_trips_through_toml() {
+        let nginx = NginxConfig {
+            modules_include: Vec::new(),
+            resolver: Some("127.0.0.1".parse().unwrap()),
+            static_root: Some("/www/static".parse().unwrap()),
+            temp_dir: Some("/var/lib/nginx/tmp".parse().unwrap()),
+            bot_host_header: BotHostHeader::Site,
+            landing_fallback: LandingFallback::Named,
+            real_ip_from: vec!["10.0.0.0/8".into()],
+            ..NginxConfig::default()
+        };
+        let config = super::super::Config {
+            nginx,
+            ..Default::default()
+        };
+        let back = super::super::Config::parse(&config.to_toml()).unwrap();
+        assert_eq!(back.nginx, config.nginx);
     }
 
     #[test]

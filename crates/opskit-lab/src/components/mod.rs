@@ -114,6 +114,8 @@ registry! {
     Mariadb("mariadb") => mariadb::Mariadb,
     /// A tiny HTTP server recording every alert POST to `<lab>/webhook/received.jsonl`.
     Webhook("webhook") => webhook::Webhook,
+    /// The ipo.com edge (spec §2): nginx with the rendered config, php-fpm, a bot upstream.
+    Nginx("nginx") => nginx::Nginx,
 }
 
 impl std::str::FromStr for Component {
