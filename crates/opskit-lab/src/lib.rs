@@ -28,6 +28,22 @@
 //!   a thread ([`webhook::InProcessReceiver`]) for tests that cannot run the opskit binary.
 //!
 //! Ports are picked by binding `127.0.0.1:0`, so many labs run in parallel (one per test).
+//!
+//! # A lab directory
+//! ```text
+//! lab.json            the servers: name, kind, address, port/socket, pid, start_time, log, details
+//! opskit.toml         opskit's config pointed at the lab (`opskit --config <lab>/opskit.toml ...`)
+//! ssh/                sshd_config, hostkeys/, client/id_ed25519, known_hosts, ssh_config, sshd.log
+//! sftp/backup/        where SFTP uploads land
+//! mariadb/            my.cnf, data/, tmp/, mysqld.sock, mariadbd.log
+//! webhook/            received.jsonl (one JSON line per alert), receiver.log
+//! state/ metrics/ staging/   opskit's own directories for runs against the lab
+//! ```
+//! `down` stops exactly the recorded processes and keeps all of this; `down --purge` deletes
+//! the directory. Stopping is safe against PID reuse, and a process that an interrupted `up`
+//! launched but never recorded (noted in `spawned.jsonl`) is stopped by the next `down` or
+//! `up`. The [`Lab`] guard cannot help when the test process itself is killed (SIGKILL): run
+//! `opskit lab down --dir <dir>` then.
 
 pub mod components;
 pub mod daemon;
