@@ -374,3 +374,58 @@ fn user_name(uid: u32) -> Result<String> {
     }
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_names_are_unique_and_parse() {
+        let mut names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
+        for c in Component::ALL {
+            assert_eq!(c.name().parse::<Component>().unwrap(), *c);
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Component::ALL.len(), "duplicate component name");
+        let e = "mongodb".parse::<Component>().unwrap_err();
+        assert!(e.contains("sshd, mariadb"), "{e}");
+    }
+
+    #[test]
+    fn a_taken_port_is_retried_on_another() {
+        let mut tried = Vec::new();
+        let port = with_free_port(None, |port| {
+            tried.push(port);
+            if tried.len() < 3 {
+                Err(StartError {
+                    name: "x".into(),
+                    reason: "exited".into(),
+                    log: "/dev/null".into(),
+                    log_tail: "bind: Address already in use".into(),
+                    address_in_use: true,
+                })
+            } else {
+                Ok(port)
+            }
+        })
+        .unwrap();
+        assert_eq!(tried.len(), 3);
+        assert_eq!(port, tried[2]);
+        // Other failures are not retried.
+        let mut calls = 0;
+        let e = with_free_port(None, |_| -> Result<(), StartError> {
+            calls += 1;
+            Err(StartError {
+                name: "x".into(),
+                reason: "exited".into(),
+                log: "/dev/null".into(),
+                log_tail: "config error".into(),
+                address_in_use: false,
+            })
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(e.to_string().contains("config error"), "{e}");
+    }
+}
