@@ -103,3 +103,29 @@ fn the_right_checks_fail_against_broken_configs() {
         "fallback.landing_last_query_kept",
     );
 }
+
+#[test]
+fn a_configured_burst_is_what_the_rate_checks_expect() {
+    let base = NginxConfig {
+        api_burst: 2,
+        ..NginxConfig::default()
+    };
+    let (_dir, rig) = start_rig(&base);
+    assert!(
+        std::fs::read_to_string(rig.layout.edge_conf())
+            .unwrap()
+            .contains("limit_req zone=api burst=2 nodelay;")
+    );
+    let mut o = options(&rig);
+    o.groups = vec![probe::Group::Rate];
+    let report = probe::run(&rig.settings, &o).unwrap();
+    print!("{}", report.render_table());
+    assert!(report.passed(), "failed: {:?}", report.failed());
+    // The same server judged as if burst were 0 fails the exact 429 check.
+    let strict = NginxConfig {
+        api_burst: 0,
+        ..rig.settings.clone()
+    };
+    let report = probe::run(&strict, &o).unwrap();
+    assert_eq!(report.verdict("rate.excess_gets_429"), Some(Verdict::Fail));
+}

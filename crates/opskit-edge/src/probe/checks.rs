@@ -12,6 +12,8 @@ use super::fixtures::{
 
 /// A User-Agent that is not a bot.
 const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) opskit-probe";
+/// The fastest pace the probe drives (one curl process per request).
+const MAX_PACED_RPS: f64 = 10.0;
 /// Why a check did not run.
 const NEEDS_FIXTURES: &str = "opt-in: needs --stage-fixtures (writes probe files under the web and API roots, then removes them)";
 
@@ -440,19 +442,28 @@ impl Probe<'_> {
         let burst = self.cfg.api_burst as usize;
         let n = burst + 5;
         self.api_idle();
+        let start = Instant::now();
         let mut rs = Vec::new();
         for _ in 0..n {
             rs.push(self.send_api_now(&self.page("/api/landing"))?);
         }
+        let t = start.elapsed().as_secs_f64();
         let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
-        let want: Vec<u16> = (0..n).map(|i| if i <= burst { 200 } else { 429 }).collect();
+        let accepted = statuses.iter().filter(|s| **s == 200).count();
+        let bound = self.bound(t);
+        // Exact on an idle host (200 x (burst+1), then 429s); a slow client may see a token
+        // refill in between, which the bound allows.
+        let ok = statuses[..=burst].iter().all(|s| *s == 200)
+            && statuses[burst + 1..].iter().all(|s| *s == 200 || *s == 429)
+            && statuses.contains(&429)
+            && accepted <= bound;
         self.record(
             "rate.excess_gets_429",
-            statuses == want,
+            ok,
             format!(
-                "{n} back-to-back → {} (expected {})",
+                "{n} back-to-back in {t:.2} s → {} (expected {} x 200 then 429s; accepted {accepted} <= bound {bound})",
                 list(&statuses),
-                list(&want)
+                burst + 1
             ),
         );
         let hsts = rs
@@ -472,10 +483,28 @@ impl Probe<'_> {
             r.status == 200,
             format!("after 1 s idle → {}", r.status),
         );
-        self.paced("rate.paced_1.2rps_all_pass", 1.2, 6)?;
-        self.paced("rate.bound_at_3rps", 3.0, 12)?;
+        let rate = self.cfg.api_rate.per_second();
+        if rate * 2.0 > MAX_PACED_RPS {
+            for name in [
+                "rate.paced_below_rate_all_pass",
+                "rate.bound_at_twice_the_rate",
+            ] {
+                self.skip(
+                    name,
+                    format!("{rate} r/s is too fast to pace with one curl per request"),
+                );
+            }
+        } else {
+            self.paced("rate.paced_below_rate_all_pass", rate * 0.75, 6)?;
+            self.paced("rate.bound_at_twice_the_rate", rate * 2.0, 12)?;
+        }
         self.static_not_limited()?;
         Ok(())
+    }
+
+    /// The most requests the limit may accept in `t` seconds: burst + 1 + ⌊rate·t⌋.
+    fn bound(&self, t: f64) -> usize {
+        self.cfg.api_burst as usize + 1 + (self.cfg.api_rate.per_second() * t).floor() as usize
     }
 
     /// Sends `count` requests at `rps` and checks accepted ≤ burst + 1 + ⌊rate·T⌋ (and, below
@@ -495,7 +524,7 @@ impl Probe<'_> {
         let t = start.elapsed().as_secs_f64();
         let accepted = statuses.iter().filter(|s| **s == 200).count();
         let rate = self.cfg.api_rate.per_second();
-        let bound = self.cfg.api_burst as usize + 1 + (rate * t).floor() as usize;
+        let bound = self.bound(t);
         let below_rate = rps < rate;
         let others_ok = statuses.iter().all(|s| *s == 200 || *s == 429);
         let ok = others_ok
