@@ -66,6 +66,7 @@ impl std::fmt::Display for StopOutcome {
 
 struct ProcStat {
     state: char,
+    ppid: i32,
     session: i32,
     start_time: u64,
 }
@@ -85,6 +86,7 @@ fn read_stat(pid: i32) -> io::Result<ProcStat> {
             .first()
             .and_then(|s| s.chars().next())
             .ok_or_else(bad)?,
+        ppid: fields.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
         session: fields.get(3).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
         start_time: fields
             .get(19)
@@ -116,9 +118,18 @@ impl ProcessIdentity {
     /// Whether the recorded process still runs (zombies count as gone and are reaped when
     /// they are our children).
     pub fn liveness(&self) -> Liveness {
+        self.liveness_as(true)
+    }
+
+    /// `session_leader`: a lab server leads its own session; its descendants need not.
+    fn liveness_as(&self, session_leader: bool) -> Liveness {
         match read_stat(self.pid) {
             Err(_) => Liveness::Gone,
-            Ok(s) if s.start_time != self.start_time || s.session != self.pid => Liveness::Replaced,
+            Ok(s)
+                if s.start_time != self.start_time || (session_leader && s.session != self.pid) =>
+            {
+                Liveness::Replaced
+            }
             // A zombie leader whose other threads still run has not exited yet.
             Ok(s) if (s.state == 'Z' || s.state == 'X') && live_threads(self.pid) <= 1 => {
                 reap(self.pid);
@@ -340,22 +351,39 @@ pub fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
 
 /// Stops exactly the recorded process: SIGTERM, up to `grace` for it to exit, then SIGKILL.
 /// A PID that now names another process is left alone ([`StopOutcome::NotOurs`]).
+///
+/// Processes the server forked and left running when it exited (an sshd session whose client
+/// is still connected) are stopped too: its descendants are listed before the signal, by PID
+/// and start time, and whichever of them outlive it get the same treatment.
 pub fn stop(id: &ProcessIdentity, grace: Duration) -> Result<StopOutcome> {
-    match id.liveness() {
+    if id.liveness() != Liveness::Running {
+        return stop_one(id, grace, true);
+    }
+    let descendants = descendants_of(id.pid);
+    let outcome = stop_one(id, grace, true)?;
+    for d in &descendants {
+        stop_one(d, Duration::from_secs(5), false)
+            .with_context(|| format!("stopping process {} left behind by {}", d.pid, id.pid))?;
+    }
+    Ok(outcome)
+}
+
+fn stop_one(id: &ProcessIdentity, grace: Duration, session_leader: bool) -> Result<StopOutcome> {
+    match id.liveness_as(session_leader) {
         Liveness::Gone => return Ok(StopOutcome::AlreadyGone),
         Liveness::Replaced => return Ok(StopOutcome::NotOurs),
         Liveness::Running => {}
     }
     signal(id.pid, libc::SIGTERM)?;
-    if wait_gone(id, grace) {
+    if wait_gone(id, grace, session_leader) {
         return Ok(StopOutcome::Stopped);
     }
     // Check again right before the second signal: the PID must still be ours.
-    if id.liveness() != Liveness::Running {
+    if id.liveness_as(session_leader) != Liveness::Running {
         return Ok(StopOutcome::Stopped);
     }
     signal(id.pid, libc::SIGKILL)?;
-    if wait_gone(id, Duration::from_secs(5)) {
+    if wait_gone(id, Duration::from_secs(5), session_leader) {
         Ok(StopOutcome::Killed)
     } else {
         bail!(
@@ -363,6 +391,34 @@ pub fn stop(id: &ProcessIdentity, grace: Duration) -> Result<StopOutcome> {
             id.pid
         )
     }
+}
+
+/// Every running descendant of `pid` (children first), from one scan of `/proc`.
+fn descendants_of(pid: i32) -> Vec<ProcessIdentity> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let procs: Vec<(i32, ProcStat)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| Some((p, read_stat(p).ok()?)))
+        .collect();
+    let mut out: Vec<ProcessIdentity> = Vec::new();
+    let mut next = 0;
+    let mut parent = pid;
+    loop {
+        for (p, st) in &procs {
+            if st.ppid == parent && st.state != 'Z' && !out.iter().any(|o| o.pid == *p) {
+                out.push(ProcessIdentity {
+                    pid: *p,
+                    start_time: st.start_time,
+                });
+            }
+        }
+        let Some(d) = out.get(next) else { break };
+        parent = d.pid;
+        next += 1;
+    }
+    out
 }
 
 fn signal(pid: i32, sig: i32) -> Result<()> {
@@ -376,10 +432,10 @@ fn signal(pid: i32, sig: i32) -> Result<()> {
     Ok(())
 }
 
-fn wait_gone(id: &ProcessIdentity, timeout: Duration) -> bool {
+fn wait_gone(id: &ProcessIdentity, timeout: Duration, session_leader: bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if id.liveness() != Liveness::Running {
+        if id.liveness_as(session_leader) != Liveness::Running {
             return true;
         }
         if Instant::now() >= deadline {
@@ -529,6 +585,35 @@ mod tests {
             stop(&s.identity, Duration::from_secs(1)).unwrap(),
             StopOutcome::AlreadyGone
         );
+    }
+
+    #[test]
+    fn what_a_server_leaves_behind_is_stopped_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("parent.log");
+        // A "server" that forks a session of its own (like sshd per connection).
+        let s = spawn(
+            Launch::new("parent", "/bin/sh", &log)
+                .arg("-c")
+                .arg("setsid sleep 60 & echo $! > child.pid; exec sleep 60")
+                .cwd(dir.path()),
+        )
+        .unwrap();
+        let pid_file = dir.path().join("child.pid");
+        s.wait_ready(Duration::from_secs(5), || {
+            std::fs::read_to_string(&pid_file)?.trim().parse::<i32>()?;
+            Ok(())
+        })
+        .unwrap();
+        let child: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let child = ProcessIdentity::of(child).unwrap();
+        assert_eq!(child.liveness_as(false), Liveness::Running);
+        stop(&s.identity, Duration::from_secs(5)).unwrap();
+        assert_eq!(child.liveness_as(false), Liveness::Gone);
     }
 
     #[test]

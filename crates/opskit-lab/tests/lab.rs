@@ -343,3 +343,54 @@ fn down_stops_what_an_interrupted_up_left_behind() {
     assert_eq!(orphan.identity.liveness(), Liveness::Gone);
     lab.sftp().unwrap().sftp_batch("ls\n").unwrap();
 }
+
+/// PIDs whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
+                f[1] == pid.to_string() && f[0] != "Z"
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn down_ends_open_sftp_sessions_too() {
+    let dir = lab_dir();
+    let lab = LabBuilder::new(dir.path())
+        .with(Component::Sshd)
+        .up()
+        .unwrap();
+    let sftp = lab.sftp().unwrap();
+    let sshd = lab.state().server("sshd").unwrap().pid;
+    // An interactive session that stays open (its stdin is never closed).
+    let mut client = sftp
+        .sftp_command()
+        .arg(&sftp.host_alias)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sessions = loop {
+        let c = children_of(sshd);
+        if !c.is_empty() || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!sessions.is_empty(), "no sshd session process appeared");
+    lab.down().unwrap();
+    for p in sessions {
+        let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'));
+        assert!(!alive, "session process {p} survived down");
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+}

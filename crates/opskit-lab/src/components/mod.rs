@@ -387,7 +387,11 @@ mod tests {
         }
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), Component::ALL.len(), "duplicate component name");
+        assert_eq!(
+            names.len(),
+            Component::ALL.len(),
+            "duplicate component name"
+        );
         let e = "mongodb".parse::<Component>().unwrap_err();
         assert!(e.contains("sshd, mariadb"), "{e}");
     }
