@@ -239,14 +239,18 @@ impl Source for MongoSource {
         "_id"
     }
 
-    /// `ping`, then `listIndexes` on the collection: it must exist and have a usable index on
-    /// the date field (both are preconditions of every later call).
+    /// `ping`, then `listIndexes` on the collection, which fails if it does not exist. A
+    /// usable date index is found here too when there is one; every range query (counts,
+    /// anomalies, export) refuses to run without it, but a restore does not need it.
     fn ping(&mut self) -> anyhow::Result<()> {
         let admin = self.client.database("admin");
         self.run("ping", self.options.command_timeout, async move {
             admin.run_command(doc! {"ping": 1}).await
         })?;
-        self.date_index()?;
+        let specs = self.list_indexes()?;
+        if self.index.is_none() {
+            self.index = choose_date_index(&specs, &self.date_field).ok();
+        }
         Ok(())
     }
 
