@@ -375,6 +375,8 @@ impl Source for MongoSource {
         Ok(result.deleted_count)
     }
 
+    /// `replSetGetStatus` (and `replSetGetConfig`, to leave delayed members out: their lag is
+    /// deliberate and would pause the purge for ever). `None` on a standalone.
     fn replication_lag(&mut self) -> anyhow::Result<Option<f64>> {
         let admin = self.client.database("admin");
         let status = self.run(
@@ -389,12 +391,25 @@ impl Source for MongoSource {
                 }
             },
         )?;
-        match status {
-            None => Ok(None),
-            Some(status) => replication_lag_from_status(&status)
-                .map(Some)
-                .with_context(|| format!("replSetGetStatus of {}", self.description)),
-        }
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let admin = self.client.database("admin");
+        let config = self.run(
+            "replSetGetConfig",
+            self.options.command_timeout,
+            async move { admin.run_command(doc! {"replSetGetConfig": 1}).await },
+        );
+        let delayed = match config {
+            Ok(config) => delayed_members(&config),
+            Err(e) => {
+                tracing::warn!("{e:#}; delayed members (if any) count towards the replication lag");
+                Vec::new()
+            }
+        };
+        replication_lag_from_status(&status, &delayed)
+            .map(Some)
+            .with_context(|| format!("replSetGetStatus of {}", self.description))
     }
 
     /// `insertMany` of the archived documents as they are (ordered: false, `w: "majority"`);
@@ -829,9 +844,36 @@ pub fn choose_date_index(specs: &[Document], date_field: &str) -> anyhow::Result
     })
 }
 
+/// The hosts of a `replSetGetConfig` reply whose replication is delayed on purpose
+/// (`secondaryDelaySecs`, or `slaveDelay` before 5.0, above 0).
+pub fn delayed_members(reply: &Document) -> Vec<String> {
+    let Ok(members) = reply
+        .get_document("config")
+        .and_then(|c| c.get_array("members"))
+    else {
+        return Vec::new();
+    };
+    members
+        .iter()
+        .filter_map(Bson::as_document)
+        .filter(|m| {
+            ["secondaryDelaySecs", "slaveDelay"]
+                .iter()
+                .any(|k| match m.get(*k) {
+                    Some(Bson::Int32(n)) => *n > 0,
+                    Some(Bson::Int64(n)) => *n > 0,
+                    Some(Bson::Double(x)) => *x > 0.0,
+                    _ => false,
+                })
+        })
+        .filter_map(|m| m.get_str("host").ok().map(str::to_string))
+        .collect()
+}
+
 /// The largest lag, in seconds, between the primary's optime and a secondary's, from a
-/// `replSetGetStatus` reply. Only members in state SECONDARY count; no secondaries gives 0.
-pub fn replication_lag_from_status(status: &Document) -> anyhow::Result<f64> {
+/// `replSetGetStatus` reply. Only members in state SECONDARY and not in `excluded` (delayed
+/// members) count; no such secondary gives 0.
+pub fn replication_lag_from_status(status: &Document, excluded: &[String]) -> anyhow::Result<f64> {
     let members = status
         .get_array("members")
         .map_err(|_| anyhow!("no members array"))?;
@@ -854,6 +896,9 @@ pub fn replication_lag_from_status(status: &Document) -> anyhow::Result<f64> {
     let mut lag_ms = 0i64;
     for m in members.iter().filter(|m| state(m) == Some(2)) {
         let name = m.get_str("name").unwrap_or("?");
+        if excluded.iter().any(|e| e == name) {
+            continue;
+        }
         let ms = optime_ms(m).ok_or_else(|| anyhow!("secondary {name} reports no optime"))?;
         lag_ms = lag_ms.max(primary_ms - ms);
     }
@@ -1126,27 +1171,44 @@ mod tests {
             {"name": "d:27017", "state": 7},
             member("e:27017", 3, 0),
         ]};
-        assert_eq!(replication_lag_from_status(&status).unwrap(), 3.25);
+        assert_eq!(replication_lag_from_status(&status, &[]).unwrap(), 3.25);
+        // c is a delayed member on purpose: it does not hold the purge back.
+        assert_eq!(
+            replication_lag_from_status(&status, &["c:27017".to_string()]).unwrap(),
+            0.5
+        );
 
         let alone = doc! {"members": [member("a", 1, 5)]};
-        assert_eq!(replication_lag_from_status(&alone).unwrap(), 0.0);
+        assert_eq!(replication_lag_from_status(&alone, &[]).unwrap(), 0.0);
 
         let by_ts = doc! {"members": [
             {"name": "a", "state": 1, "optime": {"ts": Timestamp { time: 100, increment: 1 }, "t": 1_i64}},
             {"name": "b", "state": 2, "optime": {"ts": Timestamp { time: 90, increment: 3 }, "t": 1_i64}},
         ]};
-        assert_eq!(replication_lag_from_status(&by_ts).unwrap(), 10.0);
+        assert_eq!(replication_lag_from_status(&by_ts, &[]).unwrap(), 10.0);
 
         let no_primary = doc! {"members": [member("b", 2, 5)]};
-        let err = replication_lag_from_status(&no_primary).unwrap_err();
+        let err = replication_lag_from_status(&no_primary, &[]).unwrap_err();
         assert!(err.to_string().contains("no primary"));
         let blind = doc! {"members": [member("a", 1, 5), {"name": "b", "state": 2}]};
         assert!(
-            replication_lag_from_status(&blind)
+            replication_lag_from_status(&blind, &[])
                 .unwrap_err()
                 .to_string()
                 .contains("b reports no optime")
         );
+    }
+
+    #[test]
+    fn delayed_members_are_read_from_the_replica_set_config() {
+        let reply = doc! {"config": {"_id": "rs0", "members": [
+            {"_id": 0, "host": "a:27017", "secondaryDelaySecs": 0_i64},
+            {"_id": 1, "host": "b:27017", "secondaryDelaySecs": 3600_i64, "hidden": true, "priority": 0},
+            {"_id": 2, "host": "c:27017", "slaveDelay": 600},
+            {"_id": 3, "host": "d:27017", "hidden": true},
+        ]}, "ok": 1};
+        assert_eq!(delayed_members(&reply), ["b:27017", "c:27017"]);
+        assert!(delayed_members(&doc! {"ok": 1}).is_empty());
     }
 
     #[test]

@@ -18,7 +18,8 @@ Scenarios:
   no_collection listIndexes fails with NamespaceNotFound (26).
   stall_getmore like `archive`, but the first `getMore` is never answered.
   (every scenario) `insert` reports the first document as a duplicate key (already present).
-  replset       replSetGetStatus reports a primary and two secondaries 2.5 s and 7 s behind.
+  replset       replSetGetStatus reports a primary and two secondaries 2.5 s and 7 s behind;
+                replSetGetConfig says the second one is delayed on purpose.
 """
 
 import datetime
@@ -163,6 +164,12 @@ def main():
                 request.reply(replset_status())
             else:
                 request.command_err(76, "not running with --replSet")
+        elif name == "replsetgetconfig":
+            # c:27017 is delayed on purpose: its 7 s lag must not count.
+            request.reply({"config": {"_id": "rs0", "members": [
+                {"_id": 0, "host": "a:27017"}, {"_id": 1, "host": "b:27017"},
+                {"_id": 2, "host": "c:27017", "secondaryDelaySecs": Int64(3600), "hidden": True,
+                 "priority": 0}, {"_id": 3, "host": "d:27017", "arbiterOnly": True}]}, "ok": 1.0})
         elif name in ("ping", "endsessions", "killcursors"):
             request.reply({"ok": 1.0})
         else:
