@@ -89,10 +89,10 @@ pub struct MongoSource {
 impl MongoSource {
     /// Connects to `uri` (which must not hold a password) and opens `database.collection`.
     ///
-    /// The password, if any, is read from `password_file`, which must be owned by the
-    /// caller's account conventions and not readable by group or others (mode 0600); it is
-    /// set through the driver's `Credential` and never logged. The URI must then name the
-    /// user (`mongodb://archiver@db1:27017/?authSource=admin`).
+    /// The password, if any, is read from `password_file`, which must not be readable by group
+    /// or others (mode 0600); it is set through the driver's `Credential` and never logged.
+    /// The URI must then name the user (`mongodb://archiver@db1:27017/?authSource=admin`).
+    /// Nothing is sent to the server yet (except DNS lookups for `mongodb+srv://`).
     pub fn connect(
         uri: &str,
         password_file: Option<&Path>,
@@ -111,13 +111,10 @@ impl MongoSource {
         };
         let uri_owned = uri.to_string();
         let parse = async move { ClientOptions::parse(uri_owned).await };
-        let mut client_options = block_on_task(
-            &runtime,
-            "parsing the MongoDB URI",
-            options.command_timeout,
-            parse,
-        )
-        .with_context(|| format!("archive.source_uri: bad MongoDB URI `{}`", redact_uri(uri)))?;
+        let mut client_options = block_on_task(&runtime, options.command_timeout, parse)
+            .with_context(|| {
+                format!("archive.source_uri: bad MongoDB URI `{}`", redact_uri(uri))
+            })?;
         apply_client_settings(&mut client_options, password, &options)
             .context("archive.source_uri")?;
         let description = describe_target(&client_options, database, collection);
@@ -143,13 +140,22 @@ impl MongoSource {
 
     /// Connects with the `[archive]` settings of the config and default tuning.
     pub fn from_config(config: &opskit_core::config::ArchiveConfig) -> anyhow::Result<Self> {
+        MongoSource::from_config_with(config, MongoSourceOptions::default())
+    }
+
+    /// Connects with the `[archive]` settings of the config and the given tuning (batch size,
+    /// time limits).
+    pub fn from_config_with(
+        config: &opskit_core::config::ArchiveConfig,
+        options: MongoSourceOptions,
+    ) -> anyhow::Result<Self> {
         MongoSource::connect(
             &config.source_uri,
             config.source_password_file.as_ref().map(|p| p.as_ref()),
             config.database.as_str(),
             config.collection.as_str(),
             config.date_field.as_str(),
-            MongoSourceOptions::default(),
+            options,
         )
     }
 
@@ -195,7 +201,7 @@ impl MongoSource {
         T: Send + 'static,
         F: Future<Output = mongodb::error::Result<T>> + Send + 'static,
     {
-        block_on_task(&self.runtime, what, limit, fut)
+        block_on_task(&self.runtime, limit, fut)
             .with_context(|| format!("{} on {}", what, self.description))
     }
 
@@ -203,7 +209,9 @@ impl MongoSource {
         let index = self.date_index()?;
         let coll = self.coll.clone();
         let options = count_options(&index, self.options.scan_timeout);
-        self.run(what, self.options.scan_timeout, async move {
+        // The server's maxTimeMS fires first and says so; this limit catches a lost server.
+        let limit = self.options.scan_timeout + self.options.command_timeout;
+        self.run(what, limit, async move {
             coll.count_documents(filter).with_options(options).await
         })
     }
@@ -212,7 +220,8 @@ impl MongoSource {
         let index = self.date_index()?;
         let coll = self.coll.clone();
         let options = example_find_options(&index, self.options.scan_timeout);
-        let docs = self.run(what, self.options.scan_timeout, async move {
+        let limit = self.options.scan_timeout + self.options.command_timeout;
+        let docs = self.run(what, limit, async move {
             let mut cursor = coll.find(filter).with_options(options).await?;
             let mut docs = Vec::new();
             while cursor.advance().await? {
@@ -475,7 +484,6 @@ fn is_namespace_not_found(e: &anyhow::Error) -> bool {
 /// driver future itself).
 fn block_on_task<T, F>(
     runtime: &tokio::runtime::Runtime,
-    what: &str,
     limit: Duration,
     fut: F,
 ) -> anyhow::Result<T>
@@ -486,9 +494,9 @@ where
     let handle = runtime.spawn(fut);
     runtime.block_on(async move {
         match tokio::time::timeout(limit, handle).await {
-            Err(_) => Err(anyhow!("{what}: no answer within {limit:?}")),
-            Ok(Err(join)) => Err(anyhow!("{what}: the driver task failed: {join}")),
-            Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context(format!("{what} failed"))),
+            Err(_) => Err(anyhow!("no answer within {limit:?}")),
+            Ok(Err(join)) => Err(anyhow!("the driver task failed: {join}")),
+            Ok(Ok(Err(e))) => Err(anyhow::Error::new(e)),
             Ok(Ok(Ok(value))) => Ok(value),
         }
     })
@@ -1278,6 +1286,61 @@ mod tests {
             describe_target(&named, "test", "user_logs"),
             "mongodb://db1:27017/test.user_logs"
         );
+    }
+
+    #[test]
+    fn connect_errors_name_the_config_key_and_never_the_password() {
+        let err = |uri: &str, pw: Option<&Path>| {
+            let e = MongoSource::connect(
+                uri,
+                pw,
+                "test",
+                "user_logs",
+                "create_on",
+                Default::default(),
+            )
+            .err()
+            .expect("refused");
+            format!("{e:#}")
+        };
+        let e = err("mongodb://archiver@db1:notaport/", None);
+        assert!(
+            e.starts_with("archive.source_uri: bad MongoDB URI `mongodb://db1:notaport/`"),
+            "{e}"
+        );
+        let e = err(
+            "mongodb://archiver@db1/",
+            Some(Path::new("/nonexistent/opskit-pw")),
+        );
+        assert!(e.starts_with("archive.source_password_file: "), "{e}");
+        let dir = std::env::temp_dir().join(format!("opskit-mongo-conn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "hunter2\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = err("mongodb://db1/", Some(&file));
+        assert!(
+            e.starts_with("archive.source_uri: ") && e.contains("names no user"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"));
+        // With a user, the client is built without contacting the server.
+        let source = MongoSource::connect(
+            "mongodb://archiver@db1:27017,db2:27017/?replicaSet=rs0",
+            Some(&file),
+            "test",
+            "user_logs",
+            "create_on",
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            source.describe(),
+            "mongodb://db1:27017,db2:27017/test.user_logs"
+        );
+        assert_eq!(source.id_field(), "_id");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
