@@ -423,6 +423,27 @@ fn the_scripts_pass_bash_n_and_shellcheck_and_the_schedules_match_the_spec() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Every key and value parses (the ExecStart binaries are not installed here, so only
+        // parse complaints count).
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("{SYSTEMD_DIR}/opskit-archive.service"))
+            .arg(format!("{SYSTEMD_DIR}/opskit-archive.timer"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        for complaint in [
+            "Failed to parse",
+            "Unknown key",
+            "Unknown section",
+            "Invalid",
+            "ignoring",
+        ] {
+            assert!(!text.contains(complaint), "systemd-analyze verify:\n{text}");
+        }
+    } else {
+        println!("SKIP systemd-analyze: not installed");
     }
 }
 
