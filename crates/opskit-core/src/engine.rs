@@ -179,7 +179,7 @@ impl RunLock {
 
 /// Runs a plan to completion, failure or refusal. `Err` means the engine itself could not
 /// work (state directory unwritable, lock error); step failures are a [`RunOutcome`].
-pub fn run(mut plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
+pub fn run(plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
     let started_at = Utc::now();
     let clock = Instant::now();
     let journal_path = Journal::path_for(&opts.state_dir, &plan.runbook, &plan.run_key);
@@ -205,7 +205,7 @@ pub fn run(mut plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
         }
     };
 
-    let mut state = Journal::read_state(&journal_path)?;
+    let state = Journal::read_state(&journal_path)?;
     if state.last_outcome == Some(Outcome::Succeeded) && !state.interrupted {
         tracing::info!(
             run_key = %plan.run_key,
@@ -226,152 +226,206 @@ pub fn run(mut plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
         );
     }
 
-    let run_id = util::new_run_id();
-    let mut journal = Journal::open(&journal_path, &run_id)?;
     let started_steps = started_step_ids(&journal_path)?;
+    let mut journal = Journal::open(&journal_path, &util::new_run_id())?;
     journal.record(Event::RunStarted {
         steps: plan.steps.iter().map(|s| s.spec.id.clone()).collect(),
         pid: std::process::id(),
         host: util::hostname(),
     })?;
+    let mut runner = Runner {
+        plan,
+        opts,
+        journal,
+        done: state.done,
+        started_steps,
+        report,
+    };
+    runner.report.outcome = runner.execute()?;
+    let Runner {
+        plan, mut report, ..
+    } = runner;
+    finish(&plan, opts, &mut report, started_at, clock);
+    Ok(report)
+}
 
-    let total = plan.steps.len();
-    let mut changed = !state.done.is_empty();
-    let mut passed_ponr = plan
-        .steps
-        .iter()
-        .any(|s| s.spec.point_of_no_return && state.done.contains_key(&s.spec.id));
-    let mut completed: Vec<usize> = Vec::new();
-    let mut failure: Option<(usize, StepError)> = None;
+/// One invocation of a plan: its journal, what is done, and the report being built.
+struct Runner<'a> {
+    plan: Plan,
+    opts: &'a EngineOptions<'a>,
+    journal: Journal,
+    done: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    started_steps: Vec<String>,
+    report: RunReport,
+}
 
-    for (i, step) in plan.steps.iter_mut().enumerate() {
-        let id = step.spec.id.clone();
-        if state.done.contains_key(&id) {
-            tracing::info!(step = %id, "step {}/{total} already done (journal); skipping", i + 1);
-            report.skipped.push(id);
-            completed.push(i);
-            continue;
-        }
-        tracing::info!(step = %id, "step {}/{total}: {}", i + 1, step.spec.description);
-        journal.record(Event::StepStarted { step: id.clone() })?;
-        let mut cx = StepContext {
-            run_key: &plan.run_key,
-            state_dir: &opts.state_dir,
-            done: &state.done,
-            recorded: BTreeMap::new(),
-            counters: &mut report.counters,
-            progress_enabled: opts.progress,
-            resumed: started_steps.contains(&id),
-        };
-        let result = step
-            .action
-            .precondition(&mut cx)
-            .and_then(|()| {
-                changed = true;
-                step.action.execute(&mut cx)
-            })
-            .and_then(|()| step.action.verify(&mut cx));
-        let recorded = std::mem::take(&mut cx.recorded);
-        match result {
-            Ok(()) => {
-                journal.record(Event::StepDone {
-                    step: id.clone(),
-                    data: recorded.clone(),
-                })?;
-                state.done.insert(id.clone(), recorded);
-                report.executed.push(id);
+impl Runner<'_> {
+    /// Runs the steps that are not done yet; on failure, undoes or keeps work as the point of
+    /// no return says. Returns the outcome (already journaled).
+    fn execute(&mut self) -> anyhow::Result<RunOutcome> {
+        let mut changed = !self.done.is_empty();
+        let mut completed: Vec<usize> = Vec::new();
+        let total = self.plan.steps.len();
+        for i in 0..total {
+            let id = self.plan.steps[i].spec.id.clone();
+            if self.done.contains_key(&id) {
+                tracing::info!(step = %id, "step {}/{total} already done (journal); skipping", i + 1);
+                self.report.skipped.push(id);
                 completed.push(i);
-                passed_ponr |= step.spec.point_of_no_return;
+                continue;
             }
-            Err(e) => {
-                journal.record(Event::StepFailed {
-                    step: id.clone(),
-                    error: e.to_string(),
-                })?;
-                failure = Some((i, e));
-                break;
+            let description = self.plan.steps[i].spec.description.clone();
+            tracing::info!(step = %id, "step {}/{total}: {description}", i + 1);
+            self.journal
+                .record(Event::StepStarted { step: id.clone() })?;
+            match self.run_step(i, &mut changed) {
+                Ok(recorded) => {
+                    self.journal.record(Event::StepDone {
+                        step: id.clone(),
+                        data: recorded.clone(),
+                    })?;
+                    self.done.insert(id.clone(), recorded);
+                    self.report.executed.push(id);
+                    completed.push(i);
+                }
+                Err(e) => {
+                    self.journal.record(Event::StepFailed {
+                        step: id.clone(),
+                        error: e.to_string(),
+                    })?;
+                    return self.fail(i, e, changed, &completed);
+                }
             }
+        }
+        self.journal.record(Event::RunFinished {
+            outcome: Outcome::Succeeded,
+        })?;
+        Ok(RunOutcome::Succeeded)
+    }
+
+    /// A context for step `resumed`-ness and the shared run data.
+    fn context(&mut self, resumed: bool) -> StepContext<'_> {
+        StepContext {
+            run_key: &self.plan.run_key,
+            state_dir: &self.opts.state_dir,
+            done: &self.done,
+            recorded: BTreeMap::new(),
+            counters: &mut self.report.counters,
+            progress_enabled: self.opts.progress,
+            resumed,
         }
     }
 
-    let outcome = match failure {
-        None => {
-            journal.record(Event::RunFinished {
-                outcome: Outcome::Succeeded,
-            })?;
-            RunOutcome::Succeeded
-        }
-        Some((i, StepError::Refused(reason))) if !changed => {
-            journal.record(Event::RunFinished {
+    /// precondition → action → verification of step `i`; returns what it recorded.
+    fn run_step(
+        &mut self,
+        i: usize,
+        changed: &mut bool,
+    ) -> Result<BTreeMap<String, serde_json::Value>, StepError> {
+        let resumed = self.started_steps.contains(&self.plan.steps[i].spec.id);
+        let mut action = std::mem::replace(&mut self.plan.steps[i].action, Box::new(Placeholder));
+        let mut cx = self.context(resumed);
+        let result = action
+            .precondition(&mut cx)
+            .and_then(|()| {
+                *changed = true;
+                action.execute(&mut cx)
+            })
+            .and_then(|()| action.verify(&mut cx));
+        let recorded = std::mem::take(&mut cx.recorded);
+        self.plan.steps[i].action = action;
+        result.map(|()| recorded)
+    }
+
+    /// Ends a failed run: a refusal before any change, else undo (before the point of no
+    /// return) or keep (after it).
+    fn fail(
+        &mut self,
+        i: usize,
+        err: StepError,
+        changed: bool,
+        completed: &[usize],
+    ) -> anyhow::Result<RunOutcome> {
+        let step = self.plan.steps[i].spec.id.clone();
+        if let StepError::Refused(reason) = &err
+            && !changed
+        {
+            self.journal.record(Event::RunFinished {
                 outcome: Outcome::Refused,
             })?;
-            RunOutcome::Refused {
-                step: plan.steps[i].spec.id.clone(),
-                reason,
-            }
-        }
-        Some((i, err)) => {
-            let step = plan.steps[i].spec.id.clone();
-            let error = err.to_string();
-            tracing::error!(step = %step, "step failed: {error}");
-            let mut rolled_back = false;
-            let mut undo_failed = false;
-            if passed_ponr {
-                tracing::warn!(
-                    "the point of no return was passed: nothing is undone; fix the cause and re-run to resume"
-                );
-            } else {
-                for &j in completed.iter().rev() {
-                    let s = &mut plan.steps[j];
-                    if s.spec.undo.is_none() {
-                        continue;
-                    }
-                    let id = s.spec.id.clone();
-                    tracing::warn!(step = %id, "undoing");
-                    let mut cx = StepContext {
-                        run_key: &plan.run_key,
-                        state_dir: &opts.state_dir,
-                        done: &state.done,
-                        recorded: BTreeMap::new(),
-                        counters: &mut report.counters,
-                        progress_enabled: opts.progress,
-                        resumed: false,
-                    };
-                    match s.action.undo(&mut cx) {
-                        Ok(()) => {
-                            journal.record(Event::StepUndone { step: id.clone() })?;
-                            report.undone.push(id);
-                        }
-                        Err(e) => {
-                            tracing::error!(step = %id, "undo failed: {e}");
-                            journal.record(Event::UndoFailed {
-                                step: id,
-                                error: e.to_string(),
-                            })?;
-                            undo_failed = true;
-                            break;
-                        }
-                    }
-                }
-                rolled_back = !undo_failed;
-            }
-            journal.record(Event::RunFinished {
-                outcome: if rolled_back {
-                    Outcome::RolledBack
-                } else {
-                    Outcome::Failed
-                },
-            })?;
-            RunOutcome::Failed {
+            return Ok(RunOutcome::Refused {
                 step,
-                error,
-                rolled_back,
+                reason: reason.clone(),
+            });
+        }
+        let error = err.to_string();
+        tracing::error!(step = %step, "step failed: {error}");
+        let passed_ponr = completed
+            .iter()
+            .any(|&j| self.plan.steps[j].spec.point_of_no_return);
+        let rolled_back = if passed_ponr {
+            tracing::warn!(
+                "the point of no return was passed: nothing is undone; fix the cause and re-run to resume"
+            );
+            false
+        } else {
+            self.undo(completed)?
+        };
+        self.journal.record(Event::RunFinished {
+            outcome: if rolled_back {
+                Outcome::RolledBack
+            } else {
+                Outcome::Failed
+            },
+        })?;
+        Ok(RunOutcome::Failed {
+            step,
+            error,
+            rolled_back,
+        })
+    }
+
+    /// Undoes the completed undoable steps in reverse; false when an undo failed.
+    fn undo(&mut self, completed: &[usize]) -> anyhow::Result<bool> {
+        for &j in completed.iter().rev() {
+            if self.plan.steps[j].spec.undo.is_none() {
+                continue;
+            }
+            let id = self.plan.steps[j].spec.id.clone();
+            tracing::warn!(step = %id, "undoing");
+            let mut action =
+                std::mem::replace(&mut self.plan.steps[j].action, Box::new(Placeholder));
+            let result = action.undo(&mut self.context(false));
+            self.plan.steps[j].action = action;
+            match result {
+                Ok(()) => {
+                    self.journal
+                        .record(Event::StepUndone { step: id.clone() })?;
+                    self.report.undone.push(id);
+                }
+                Err(e) => {
+                    tracing::error!(step = %id, "undo failed: {e}");
+                    self.journal.record(Event::UndoFailed {
+                        step: id,
+                        error: e.to_string(),
+                    })?;
+                    return Ok(false);
+                }
             }
         }
-    };
-    report.outcome = outcome;
-    finish(&plan, opts, &mut report, started_at, clock);
-    Ok(report)
+        Ok(true)
+    }
+}
+
+/// Stands in for a step's action while it runs (the action needs `&mut self` of the runner).
+struct Placeholder;
+
+impl crate::plan::StepAction for Placeholder {
+    fn execute(&mut self, _cx: &mut StepContext) -> crate::plan::StepResult {
+        Err(StepError::Failed(anyhow::anyhow!(
+            "internal: step action taken"
+        )))
+    }
 }
 
 /// Step ids that some earlier invocation started (to tell a step it is being resumed).

@@ -527,7 +527,11 @@ pub fn parse_nginx_version(s: &str) -> Option<(u32, u32, u32)> {
         }
         p.parse().ok()
     };
-    Some((num(parts[0])?, num(parts[1])?, num(parts.get(2).unwrap_or(&"0"))?))
+    Some((
+        num(parts[0])?,
+        num(parts[1])?,
+        num(parts.get(2).unwrap_or(&"0"))?,
+    ))
 }
 
 /// Checks a listen value: `PORT`, `IPv4:PORT` or `[IPv6]:PORT`; returns the port.
