@@ -46,7 +46,7 @@ fn assert_breakage_is_caught(
     to: &str,
     groups: &[probe::Group],
     check: &str,
-) {
+) -> probe::ProbeReport {
     let good = opskit_edge::render::render(&rig.settings);
     let broken = good.replacen(from, to, 1);
     assert_ne!(broken, good, "`{from}` is not in the rendered config");
@@ -61,12 +61,31 @@ fn assert_breakage_is_caught(
         "{check} did not catch `{from}` → `{to}`"
     );
     rig.reload_with(&good).unwrap();
+    report
 }
 
 #[test]
 fn the_right_checks_fail_against_broken_configs() {
     use probe::Group;
     let (_dir, rig) = start_rig(&NginxConfig::default());
+    // Upstream TLS is verified: trusting the public CAs instead of the lab CA makes nginx
+    // refuse bot.ipo.com's certificate, so bots get 502 instead of the upstream's answer.
+    let report = assert_breakage_is_caught(
+        &rig,
+        &format!(
+            "proxy_ssl_trusted_certificate {};",
+            rig.settings.bot_upstream_ca
+        ),
+        "proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;",
+        &[Group::Bot],
+        "bot.routed_case_insensitive",
+    );
+    let routed = report
+        .checks
+        .iter()
+        .find(|c| c.name == "bot.routed_case_insensitive")
+        .unwrap();
+    assert!(routed.detail.contains("→ 502 NOT bot"), "{}", routed.detail);
     assert_breakage_is_caught(
         &rig,
         "            limit_req zone=api;\n",
