@@ -502,3 +502,32 @@ fn restore_inserts_the_archived_bytes_unordered_and_counts_duplicates_as_present
         .collect();
     assert_eq!(insert["documents"], Value::Array(expected));
 }
+
+/// Fails on the third record, like a full disk would.
+struct FailingSink(usize);
+
+impl RecordSink for FailingSink {
+    fn accept(&mut self, _record: Record<'_>) -> anyhow::Result<()> {
+        self.0 += 1;
+        anyhow::ensure!(self.0 < 3, "disk full (test)");
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_export_kills_its_server_cursor() {
+    let Some(double) = start("endless") else {
+        return;
+    };
+    let mut source = double.source(fast());
+    let err = format!(
+        "{:#}",
+        source.export(&january(), &mut FailingSink(0)).unwrap_err()
+    );
+    assert!(err.contains("disk full (test)"), "{err}");
+    // Dropping the source lets the driver clean up: the noCursorTimeout cursor is killed.
+    drop(source);
+    let kill = double.only("killCursors");
+    assert_eq!(kill["killCursors"], "user_logs");
+    assert_eq!(kill["cursors"], json!([{"$numberLong": "1234"}]));
+}

@@ -239,6 +239,22 @@ impl MongoSource {
     }
 }
 
+impl Drop for MongoSource {
+    /// Gives the driver a few seconds to end its sessions and kill a cursor left open by a
+    /// failed export (a `noCursorTimeout` cursor would otherwise live on the server until its
+    /// session expires, 30 minutes later).
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let shutdown = self.runtime.spawn(async move { client.shutdown().await });
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(SHUTDOWN_GRACE, shutdown).await });
+    }
+}
+
+/// How long dropping a [`MongoSource`] waits for the driver's cleanup.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 impl Source for MongoSource {
     fn describe(&self) -> String {
         self.description.clone()

@@ -17,6 +17,7 @@ Scenarios:
   no_index      the collection has only the `_id_` index.
   no_collection listIndexes fails with NamespaceNotFound (26).
   stall_getmore like `archive`, but the first `getMore` is never answered.
+  endless       like `archive`, but every `getMore` returns cursor id 1234 again (never ends).
   (every scenario) `insert` reports the first document as a duplicate key (already present).
   replset       replSetGetStatus reports a primary and two secondaries 2.5 s and 7 s behind;
                 replSetGetConfig says the second one is delayed on purpose.
@@ -119,6 +120,8 @@ def main():
             request = server.receives(timeout=0.2)
         except AssertionError:
             continue  # nothing arrived
+        except OSError:
+            continue  # the client hung up before its request was read (driver shutdown)
         if request is None:
             break
         command = dict(request.doc)
@@ -144,7 +147,9 @@ def main():
             getmores += 1
             if scenario == "stall_getmore" and getmores == 1:
                 continue  # never answered: the adapter must time out, not hang
-            request.reply({"cursor": {"id": Int64(0), "ns": ns, "nextBatch": docs[2:]},
+            # `endless`: the cursor never ends, so only a killCursors can close it.
+            more_id = CURSOR_ID if scenario == "endless" else 0
+            request.reply({"cursor": {"id": Int64(more_id), "ns": ns, "nextBatch": docs[2:]},
                            "ok": 1.0})
         elif name == "aggregate":  # count_documents: $match + $group
             request.reply({"cursor": {"id": Int64(0), "ns": ns,
@@ -170,7 +175,10 @@ def main():
                 {"_id": 0, "host": "a:27017"}, {"_id": 1, "host": "b:27017"},
                 {"_id": 2, "host": "c:27017", "secondaryDelaySecs": Int64(3600), "hidden": True,
                  "priority": 0}, {"_id": 3, "host": "d:27017", "arbiterOnly": True}]}, "ok": 1.0})
-        elif name in ("ping", "endsessions", "killcursors"):
+        elif name == "killcursors":
+            request.reply({"cursorsKilled": command.get("cursors", []), "cursorsNotFound": [],
+                           "cursorsAlive": [], "cursorsUnknown": [], "ok": 1.0})
+        elif name in ("ping", "endsessions"):
             request.reply({"ok": 1.0})
         else:
             request.command_err(59, f"no such command: '{name}' (test double)")
