@@ -549,6 +549,16 @@ pub fn apply_client_settings(
     password: Option<String>,
     options: &MongoSourceOptions,
 ) -> anyhow::Result<()> {
+    if client_options
+        .credential
+        .as_ref()
+        .is_some_and(|c| c.password.is_some())
+    {
+        // Config validation refuses this too; a URI password would end up in ps, logs and shells.
+        bail!(
+            "the URI holds a password; put it in archive.source_password_file (mode 0600) instead"
+        );
+    }
     if let Some(password) = password {
         let credential = client_options
             .credential
@@ -1335,6 +1345,12 @@ mod tests {
         std::fs::write(&file, "hunter2\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = err("mongodb://archiver:hunter2@db1/", None);
+        assert!(
+            e.starts_with("archive.source_uri: ") && e.contains("holds a password"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
         let e = err("mongodb://db1/", Some(&file));
         assert!(
             e.starts_with("archive.source_uri: ") && e.contains("names no user"),
