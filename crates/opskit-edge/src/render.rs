@@ -567,7 +567,8 @@ mod tests {
         assert!(render_for(&cfg, (1, 20, 0)).contains("ssl_reject_handshake on;"));
         let old = render_for(&cfg, (1, 18, 0));
         assert!(!old.contains("ssl_reject_handshake"));
-        assert!(!old.contains("$limit_req_status"));
+        assert!(old.contains("lrs=$limit_req_status"));
+        assert!(!render_for(&cfg, (1, 16, 1)).contains("$limit_req_status"));
     }
 
     #[test]
