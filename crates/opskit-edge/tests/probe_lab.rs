@@ -18,6 +18,7 @@ fn options(rig: &EdgeRig) -> ProbeOptions {
     let mut o = ProbeOptions::from_settings(&rig.settings);
     o.bot_marker = Some(BOT_MARKER.into());
     o.stage_fixtures = true;
+    o.second_source = Some("127.0.0.2".into());
     o
 }
 

@@ -505,6 +505,7 @@ impl Probe<'_> {
             self.paced("rate.paced_below_rate_all_pass", rate * 0.75, 6)?;
             self.paced("rate.bound_at_twice_the_rate", rate * 2.0, 12)?;
         }
+        self.per_client_address()?;
         self.static_not_limited()?;
         Ok(())
     }
@@ -552,6 +553,33 @@ impl Probe<'_> {
                     ", some 429 expected"
                 },
                 list(&statuses)
+            ),
+        );
+        Ok(())
+    }
+
+    /// The budget is per client address: right after one address is limited, another one
+    /// still gets 200.
+    fn per_client_address(&mut self) -> anyhow::Result<()> {
+        let name = "rate.per_client_address";
+        let Some(second) = self.opts.second_source.clone() else {
+            self.skip(name, "opt-in: needs --second-source ADDR (a second local address that reaches the server)");
+            return Ok(());
+        };
+        self.api_idle();
+        let mut first = Vec::new();
+        for _ in 0..=(self.cfg.api_burst + 1) {
+            first.push(self.send_api_now(&self.page("/api/landing"))?.status);
+        }
+        let other =
+            self.send_api_now(&self.page("/api/landing").args(&["--interface", &second]))?;
+        self.record(
+            name,
+            first.last() == Some(&429) && other.status == 200,
+            format!(
+                "first address → {}; then from {second} → {}",
+                list(&first),
+                other.summary()
             ),
         );
         Ok(())

@@ -92,6 +92,9 @@ pub struct ProbeOptions {
     pub groups: Vec<Group>,
     /// Per-request time limit.
     pub timeout: Duration,
+    /// A second local source address (curl `--interface`) for the per-client check: its
+    /// requests must not share the first address's budget. Unset: that check is skipped.
+    pub second_source: Option<String>,
 }
 
 impl ProbeOptions {
@@ -106,6 +109,7 @@ impl ProbeOptions {
             stage_fixtures: false,
             groups: Vec::new(),
             timeout: Duration::from_secs(10),
+            second_source: None,
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct ProbeTargetArgs {
     /// Only these check groups (comma-separated): tls, redirect, bot, api, rate, static, fallback.
     #[arg(long, value_delimiter = ',', value_name = "GROUP")]
     pub group: Vec<String>,
+    /// Second local source address for the per-client rate check (e.g. 127.0.0.2 in the lab).
+    #[arg(long, value_name = "ADDR")]
+    pub second_source: Option<String>,
     /// Per-request time limit in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub timeout: u64,
@@ -224,6 +227,7 @@ fn probe_options(t: &ProbeTargetArgs, settings: &NginxConfig) -> Result<ProbeOpt
     }
     o.bot_marker = t.bot_marker.clone();
     o.stage_fixtures = t.stage_fixtures;
+    o.second_source = t.second_source.clone();
     o.timeout = Duration::from_secs(t.timeout.clamp(1, 120));
     for g in &t.group {
         let group = Group::parse(g).ok_or_else(|| {
