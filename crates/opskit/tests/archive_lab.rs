@@ -638,3 +638,25 @@ fn verify_detects_a_corrupted_archive() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_resumed_purge_refuses_an_archive_that_changed_since_it_was_verified() {
+    let rig = Rig::new(1000, |_| {});
+    rig.run_and_kill_at("purge:batch=2");
+    let left = rig.january_ids();
+    assert_eq!(left.len(), 1000 - 250);
+    // Someone truncates the staged archive: its ids can no longer be trusted.
+    let local = rig.local_file();
+    let bytes = std::fs::read(&local).unwrap();
+    std::fs::write(&local, &bytes[..bytes.len() / 2]).unwrap();
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no longer matches the verified manifest"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(rig.january_ids(), left, "nothing more may be deleted");
+    rig.assert_nothing_lost();
+    assert_eq!(rig.alerts().len(), 1);
+}
