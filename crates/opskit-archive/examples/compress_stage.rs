@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
         std::fs::File::open(raw)?,
     ));
     let started = Instant::now();
-    let mut writer = ArchiveWriter::create(std::path::Path::new(out), level, identity)?;
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let mut writer = ArchiveWriter::create(std::path::Path::new(out), level, threads, identity)?;
     let id = Bson::Null;
     while let Some(doc) = reader.next_document()? {
         writer.accept(Record {

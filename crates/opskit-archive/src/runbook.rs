@@ -436,8 +436,13 @@ impl StepAction for ExportStep {
             bounds: job.bounds.clone(),
         };
         let expected = s.range_stats(&job.bounds).map(|r| r.count).ok();
-        let mut writer = ArchiveWriter::create(&local, job.config.compression_level, identity)
-            .map_err(failed)?;
+        let mut writer = ArchiveWriter::create(
+            &local,
+            job.config.compression_level,
+            job.config.compression_threads as usize,
+            identity,
+        )
+        .map_err(failed)?;
         let progress = std::sync::Arc::new(std::sync::Mutex::new(
             cx.progress("export", expected, "docs"),
         ));

@@ -3,9 +3,12 @@
 //! complete and is not.
 //!
 //! The writer streams: the exporting thread appends documents to a 1 MiB buffer; full buffers
-//! go through a bounded channel (4 deep) to a compressor thread that gzips, hashes the
-//! compressed bytes and writes `<name>.partial`. Memory is bounded by the channel, whatever the
-//! month's size. `finish` fsyncs, renames `.partial` to the final name, fsyncs the directory
+//! go through a bounded channel to N compressor threads (pigz-style: each 1 MiB chunk becomes
+//! one gzip member, so chunks compress in parallel), and one writer thread puts the members
+//! back in order, hashes them and writes `<name>.partial`. A file of concatenated gzip members
+//! is a valid gzip file (RFC 1952 §2.2): `gzip -d`, `pigz -d`, Go's `compress/gzip` (what
+//! `mongorestore --gzip` uses) and flate2's `MultiGzDecoder` all read it whole. Memory is
+//! bounded by the channels (a few MiB per thread), whatever the month's size. `finish` fsyncs, renames `.partial` to the final name, fsyncs the directory
 //! and only then writes the manifest atomically.
 
 use std::fs::File;
@@ -145,7 +148,8 @@ pub struct ArchiveWriter {
     partial: PathBuf,
     identity: ArchiveIdentity,
     buf: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<(u64, Vec<u8>)>>,
+    seq: u64,
     recycled: Receiver<Vec<u8>>,
     worker: Option<JoinHandle<anyhow::Result<Compressed>>>,
     count: u64,
@@ -158,25 +162,46 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Creates `<path>.partial` (truncating any leftover of a crashed run) and starts the
-    /// compressor thread at gzip `level`.
-    pub fn create(path: &Path, level: u32, identity: ArchiveIdentity) -> anyhow::Result<Self> {
+    /// Creates `<path>.partial` (truncating any leftover of a crashed run) and starts
+    /// `threads` compressor threads (0: one per core) at gzip `level`.
+    pub fn create(
+        path: &Path,
+        level: u32,
+        threads: usize,
+        identity: ArchiveIdentity,
+    ) -> anyhow::Result<Self> {
         let partial = partial_path(path);
         let file =
             File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-        let (tx, rx) = sync_channel::<Vec<u8>>(4);
-        let (back_tx, recycled) = sync_channel::<Vec<u8>>(6);
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(threads + 2);
+        let (back_tx, recycled) = sync_channel::<Vec<u8>>(threads + 4);
+        let (member_tx, member_rx) = sync_channel::<(u64, Vec<u8>)>(threads + 2);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads {
+            let (rx, member_tx, back_tx) = (rx.clone(), member_tx.clone(), back_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("archive-gzip-{i}"))
+                .spawn(move || compress_members(&rx, &member_tx, &back_tx, level))
+                .context("starting a compressor thread")?;
+        }
+        drop(member_tx);
         let name = partial.display().to_string();
         let worker = std::thread::Builder::new()
-            .name("archive-gzip".into())
-            .spawn(move || compress(rx, back_tx, file, level, &name))
-            .context("starting the compressor thread")?;
+            .name("archive-write".into())
+            .spawn(move || write_members(member_rx, file, &name))
+            .context("starting the archive writer thread")?;
         Ok(ArchiveWriter {
             path: path.to_path_buf(),
             partial,
             identity,
             buf: Vec::with_capacity(CHUNK + 64 * 1024),
             tx: Some(tx),
+            seq: 0,
             recycled,
             worker: Some(worker),
             count: 0,
@@ -210,10 +235,12 @@ impl ArchiveWriter {
             })
             .unwrap_or_else(|_| Vec::with_capacity(CHUNK + 64 * 1024));
         let chunk = std::mem::replace(&mut self.buf, next);
+        let seq = self.seq;
+        self.seq += 1;
         let sent = self
             .tx
             .as_ref()
-            .map(|tx| tx.send(chunk).is_ok())
+            .map(|tx| tx.send((seq, chunk)).is_ok())
             .unwrap_or(false);
         if !sent {
             // The compressor stopped: its error says why (disk full, I/O error).
@@ -331,31 +358,73 @@ impl RecordSink for ArchiveWriter {
     }
 }
 
-fn compress(
-    rx: Receiver<Vec<u8>>,
-    back: SyncSender<Vec<u8>>,
-    file: File,
+/// A compressor thread: each chunk becomes one complete gzip member.
+fn compress_members(
+    rx: &std::sync::Mutex<Receiver<(u64, Vec<u8>)>>,
+    out: &SyncSender<(u64, Vec<u8>)>,
+    back: &SyncSender<Vec<u8>>,
     level: u32,
+) {
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, chunk)) = job else { return };
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(chunk.len() / 3 + 1024),
+            flate2::Compression::new(level),
+        );
+        // Writing into a Vec cannot fail.
+        let member = gz
+            .write_all(&chunk)
+            .and_then(|()| gz.finish())
+            .unwrap_or_default();
+        let _ = back.try_send(chunk);
+        if out.send((seq, member)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer thread: members back in order, hashed, written, fsynced.
+fn write_members(
+    rx: Receiver<(u64, Vec<u8>)>,
+    file: File,
     name: &str,
 ) -> anyhow::Result<Compressed> {
-    let hashing = HashingWriter {
+    let mut out = HashingWriter {
         inner: BufWriter::with_capacity(CHUNK, file),
         hasher: Sha256::new(),
         bytes: 0,
     };
-    let mut gz = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(level));
-    for chunk in rx {
-        gz.write_all(&chunk)
-            .with_context(|| format!("writing {name}"))?;
-        let _ = back.try_send(chunk);
+    let mut pending = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    for (seq, member) in rx {
+        pending.insert(seq, member);
+        while let Some(member) = pending.remove(&next) {
+            out.write_all(&member)
+                .with_context(|| format!("writing {name}"))?;
+            next += 1;
+        }
     }
-    let mut hashing = gz.finish().with_context(|| format!("writing {name}"))?;
-    hashing.flush().with_context(|| format!("writing {name}"))?;
+    if !pending.is_empty() {
+        bail!("writing {name}: a compressor thread stopped early");
+    }
+    if next == 0 {
+        // An empty month still gets a valid (empty) gzip file.
+        let empty = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1))
+            .finish()
+            .unwrap_or_default();
+        out.write_all(&empty)
+            .with_context(|| format!("writing {name}"))?;
+    }
+    out.flush().with_context(|| format!("writing {name}"))?;
     let HashingWriter {
         inner,
         hasher,
         bytes,
-    } = hashing;
+    } = out;
     let file = inner
         .into_inner()
         .map_err(|e| anyhow::anyhow!("writing {name}: {}", e.error()))?;
@@ -469,7 +538,7 @@ mod tests {
 
     fn write(dir: &Path, n: i64) -> (PathBuf, ArchiveManifest) {
         let path = dir.join("test.user_logs.2024-01.bson.gz");
-        let mut w = ArchiveWriter::create(&path, 6, identity()).unwrap();
+        let mut w = ArchiveWriter::create(&path, 6, 2, identity()).unwrap();
         let mut doc = DocumentWriter::default();
         for i in 0..n {
             let date = format!("2024-01-{:02} 00:00:00", 1 + (i % 28));

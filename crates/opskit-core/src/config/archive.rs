@@ -26,6 +26,9 @@ pub struct ArchiveConfig {
     pub staging_dir: AbsPath,
     /// gzip level, 1 (fastest) to 9 (smallest).
     pub compression_level: u32,
+    /// Compressor threads (each 1 MiB chunk is its own gzip member, pigz-style); 0 = one per
+    /// core.
+    pub compression_threads: u32,
     /// Seconds allowed for each call to the source (connect, count, one export batch, one
     /// delete batch).
     pub source_timeout_secs: Positive,
@@ -52,6 +55,7 @@ impl Default for ArchiveConfig {
             on_calendar: "*-*-01 01:00:00".parse().expect("valid default"),
             staging_dir: "/var/lib/opskit/archive".parse().expect("valid default"),
             compression_level: 6,
+            compression_threads: 0,
             source_timeout_secs: Positive::new(300),
             expected_compression_ratio: Positive::new(4),
             free_space_margin_pct: Positive::new(200),
@@ -139,6 +143,12 @@ impl ArchiveConfig {
             return Err((
                 "archive.compression_level".into(),
                 format!("{} is not a gzip level (1 to 9)", self.compression_level),
+            ));
+        }
+        if self.compression_threads > 64 {
+            return Err((
+                "archive.compression_threads".into(),
+                format!("{} threads is too many (0 = one per core, at most 64)", self.compression_threads),
             ));
         }
         if self.sftp.remote_dir.is_empty()
