@@ -62,6 +62,8 @@ pub struct MysqlSource {
     time_zone: String,
     timeout: Duration,
     info: Option<TableInfo>,
+    delete_connections: usize,
+    delete_pool: Vec<Conn>,
 }
 
 /// Quotes an identifier with backticks.
@@ -92,7 +94,7 @@ impl MysqlSource {
             Some(p) => Some(read_password_file(p.path())?),
             None => None,
         };
-        Self::new(
+        let mut source = Self::new(
             &config.source_uri,
             password,
             config.database.as_str(),
@@ -100,7 +102,9 @@ impl MysqlSource {
             config.date_field.as_str(),
             "UTC",
             Duration::from_secs(config.source_timeout_secs.get()),
-        )
+        )?;
+        source.delete_connections = config.purge.connections.get() as usize;
+        Ok(source)
     }
 
     /// A source from its parts; `time_zone` is the writers' zone (used for `TIMESTAMP`).
@@ -141,6 +145,8 @@ impl MysqlSource {
             time_zone: time_zone.to_string(),
             timeout,
             info: None,
+            delete_connections: 1,
+            delete_pool: Vec::new(),
         })
     }
 
@@ -656,29 +662,68 @@ impl Source for MysqlSource {
     }
 
     fn delete_ids(&mut self, ids: &[Bson], bounds: &MonthBounds) -> anyhow::Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.info()?;
+        let mut params: Vec<Value> = Vec::with_capacity(ids.len());
+        for id in ids {
+            params.push(match id {
+                Bson::Int64(i) => Value::Int(*i),
+                Bson::Int32(i) => Value::Int((*i).into()),
+                Bson::String(s) => Value::Bytes(s.as_bytes().to_vec()),
+                other => bail!(
+                    "an archived id of type {:?} cannot be a MySQL key",
+                    other.element_type()
+                ),
+            });
+        }
+        // The batch is split over `purge.connections` sessions that delete concurrently: a
+        // single session leaves the server's other cores idle while it deletes.
+        let parts = self.delete_connections.max(1).min(ids.len());
+        let per_part = ids.len().div_ceil(parts).min(MAX_IDS_PER_STATEMENT);
+        let mut statements = Vec::new();
+        for chunk in params.chunks(per_part) {
+            let mut p = chunk.to_vec();
+            p.push(Value::Bytes(bounds.lower.as_bytes().to_vec()));
+            p.push(Value::Bytes(bounds.upper.as_bytes().to_vec()));
+            statements.push((self.delete_sql(chunk.len())?, p));
+        }
+        let (timeout, server) = (self.timeout, self.described.clone());
+        let wanted = statements.len().min(parts);
+        while self.delete_pool.len() < wanted {
+            let opts = self.opts.clone();
+            let conn = self
+                .rt
+                .block_on(async { tokio::time::timeout(timeout, Conn::new(opts)).await })
+                .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
+                .with_context(|| format!("connecting to {server}"))?;
+            self.delete_pool.push(conn);
+        }
         let mut deleted = 0;
-        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
-            let sql = self.delete_sql(chunk.len())?;
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() + 2);
-            for id in chunk {
-                params.push(match id {
-                    Bson::Int64(i) => Value::Int(*i),
-                    Bson::Int32(i) => Value::Int((*i).into()),
-                    Bson::String(s) => Value::Bytes(s.as_bytes().to_vec()),
-                    other => bail!(
-                        "an archived id of type {:?} cannot be a MySQL key",
-                        other.element_type()
-                    ),
-                });
+        for wave in statements.chunks(wanted) {
+            let pool = &mut self.delete_pool;
+            let result = self.rt.block_on(async {
+                let futures = wave
+                    .iter()
+                    .zip(pool.iter_mut())
+                    .map(|((sql, p), c)| async move {
+                        c.exec_drop(sql.as_str(), p.clone()).await?;
+                        Ok::<u64, mysql_async::Error>(c.affected_rows())
+                    });
+                tokio::time::timeout(timeout, futures_util::future::try_join_all(futures)).await
+            });
+            match result {
+                Ok(Ok(counts)) => deleted += counts.iter().sum::<u64>(),
+                Ok(Err(e)) => {
+                    self.delete_pool.clear();
+                    bail!("deleting a batch on {server}: {e}");
+                }
+                Err(_) => {
+                    self.delete_pool.clear();
+                    bail!("deleting a batch on {server}: no answer within {timeout:?}");
+                }
             }
-            params.push(Value::Bytes(bounds.lower.as_bytes().to_vec()));
-            params.push(Value::Bytes(bounds.upper.as_bytes().to_vec()));
-            deleted += self.with_conn("deleting a batch", move |c| {
-                Box::pin(async move {
-                    c.exec_drop(sql, params).await?;
-                    Ok(c.affected_rows())
-                })
-            })?;
         }
         Ok(deleted)
     }

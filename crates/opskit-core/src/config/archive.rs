@@ -102,6 +102,8 @@ pub struct PurgeConfig {
     pub max_lag_secs: Positive,
     /// Give up (exit 1, resumable) when the lag stays above `max_lag_secs` this long.
     pub max_lag_wait_secs: Positive,
+    /// Sessions that delete parts of each batch concurrently (MySQL source).
+    pub connections: Positive,
 }
 
 impl Default for PurgeConfig {
@@ -111,6 +113,7 @@ impl Default for PurgeConfig {
             pause_ms: 0,
             max_lag_secs: Positive::new(10),
             max_lag_wait_secs: Positive::new(3600),
+            connections: Positive::new(2),
         }
     }
 }
@@ -148,7 +151,10 @@ impl ArchiveConfig {
         if self.compression_threads > 64 {
             return Err((
                 "archive.compression_threads".into(),
-                format!("{} threads is too many (0 = one per core, at most 64)", self.compression_threads),
+                format!(
+                    "{} threads is too many (0 = one per core, at most 64)",
+                    self.compression_threads
+                ),
             ));
         }
         if self.sftp.remote_dir.is_empty()
