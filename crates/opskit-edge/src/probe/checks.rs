@@ -505,6 +505,7 @@ impl Probe<'_> {
             self.paced("rate.paced_below_rate_all_pass", rate * 0.75, 6)?;
             self.paced("rate.bound_at_twice_the_rate", rate * 2.0, 12)?;
         }
+        self.parallel_streams()?;
         self.per_client_address()?;
         self.static_not_limited()?;
         Ok(())
@@ -553,6 +554,33 @@ impl Probe<'_> {
                     ", some 429 expected"
                 },
                 list(&statuses)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Parallel HTTP/2 streams on one connection are separate requests: burst + 1 pass.
+    fn parallel_streams(&mut self) -> anyhow::Result<()> {
+        let n = self.cfg.api_burst as usize + 4;
+        let urls: Vec<String> = (0..n)
+            .map(|i| self.origin.https(&format!("/api/landing?stream={i}")))
+            .collect();
+        self.api_idle();
+        let ua = format!("User-Agent: {BROWSER_UA}");
+        let results = self.client.send_parallel(&urls, &[ua]);
+        self.mark_api_request();
+        let results = results?;
+        let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+        let connections: u32 = results.iter().map(|r| r.1).sum();
+        let accepted = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        self.record(
+            "rate.parallel_h2_streams",
+            statuses.len() == n && accepted == self.cfg.api_burst as usize + 1 && limited == n - accepted,
+            format!(
+                "{n} parallel streams over {connections} connection(s) → {} (expected {} x 200, the rest 429)",
+                list(&statuses),
+                self.cfg.api_burst + 1
             ),
         );
         Ok(())

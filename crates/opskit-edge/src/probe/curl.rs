@@ -196,6 +196,50 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends GETs of `urls` as parallel HTTP/2 streams on one connection (curl `--parallel`);
+    /// returns each transfer's `(status, new connections it opened)`.
+    pub fn send_parallel(
+        &self,
+        urls: &[String],
+        headers: &[String],
+    ) -> anyhow::Result<Vec<(u16, u32)>> {
+        let secs = self.timeout.as_secs().max(1).to_string();
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--no-progress-meter",
+            "--max-time",
+            &secs,
+            "--http2",
+            "--parallel",
+        ]);
+        cmd.args(["--parallel-max", &urls.len().max(1).to_string()]);
+        for r in &self.resolve {
+            cmd.arg("--resolve").arg(r);
+        }
+        if let Some(ca) = &self.cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
+        for h in headers {
+            cmd.arg("-H").arg(h);
+        }
+        cmd.args(["-w", "%{http_code} %{num_connects}\\n"]);
+        for url in urls {
+            cmd.args(["-o", "/dev/null"]).arg(url);
+        }
+        let out = proc::run(&mut cmd, self.timeout + Duration::from_secs(5))?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
 fn read_headers(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

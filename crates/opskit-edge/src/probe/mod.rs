@@ -309,9 +309,8 @@ pub(crate) struct Probe<'a> {
     last_api_request: Option<Instant>,
 }
 
-/// Idle time before a request that counts against the API zone, so earlier checks never
-/// leave excess behind (90r/m drains one request per 667 ms; notes P22).
-const API_IDLE: Duration = Duration::from_millis(1100);
+/// Least idle time before a request that counts against the API zone (notes P22).
+const MIN_API_IDLE: Duration = Duration::from_millis(1100);
 
 impl Probe<'_> {
     fn run_group(&mut self, group: Group) -> anyhow::Result<()> {
@@ -362,12 +361,25 @@ impl Probe<'_> {
         resp
     }
 
-    /// Sleeps until the API zone has had [`API_IDLE`] without requests.
+    /// Notes a request that counted against the API zone.
+    pub fn mark_api_request(&mut self) {
+        self.last_api_request = Some(Instant::now());
+    }
+
+    /// How long the API zone needs to drain completely: a full burst + 1 at the configured
+    /// rate (90r/m drains one request per 667 ms), and never less than [`MIN_API_IDLE`].
+    fn api_idle_time(&self) -> Duration {
+        let drain = (f64::from(self.cfg.api_burst) + 1.0) / self.cfg.api_rate.per_second() + 0.2;
+        MIN_API_IDLE.max(Duration::from_secs_f64(drain))
+    }
+
+    /// Sleeps until the API zone has been idle long enough to be fully drained.
     pub fn api_idle(&mut self) {
         if let Some(last) = self.last_api_request {
             let since = last.elapsed();
-            if since < API_IDLE {
-                std::thread::sleep(API_IDLE - since);
+            let idle = self.api_idle_time();
+            if since < idle {
+                std::thread::sleep(idle - since);
             }
         }
     }
