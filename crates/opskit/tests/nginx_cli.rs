@@ -171,3 +171,62 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
     assert!(!failed.iter().any(|n| n.starts_with("tls.")), "{failed:?}");
     drop(rig);
 }
+
+#[test]
+fn apply_succeeds_then_rolls_back_with_exit_1() {
+    let dir = tempfile::Builder::new()
+        .prefix("opskit-cli-apply-")
+        .tempdir()
+        .unwrap();
+    let layout = RigLayout::with_free_ports(&dir.path().join("lab")).unwrap();
+    let rig = EdgeRig::start(layout, &Default::default()).unwrap();
+    let state = dir.path().join("state");
+    let apply = |nginx: &opskit_core::config::NginxConfig| {
+        let mut config = Config {
+            nginx: nginx.clone(),
+            ..Config::default()
+        };
+        config.general.state_dir = state.to_string_lossy().parse().unwrap();
+        config.general.metrics_dir = state.join("metrics").to_string_lossy().parse().unwrap();
+        config.alert.webhook_url = None;
+        let cfg = config_file(dir.path(), &config.to_toml());
+        let out = opskit(&cfg)
+            .args([
+                "--output",
+                "json",
+                "nginx",
+                "apply",
+                "--group",
+                "redirect,api",
+            ])
+            .args(["--bot-marker", BOT_MARKER])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let mut good = rig.settings.clone();
+    good.api_burst = 1;
+    let (code, v) = apply(&good);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["outcome"], "succeeded");
+    let live = std::fs::read_to_string(rig.settings.config_path.path()).unwrap();
+    assert!(live.contains("limit_req zone=api burst=1 nodelay;"));
+
+    let mut broken = good.clone();
+    broken.user = "no-such-user-opskit".into();
+    let (code, v) = apply(&broken);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert_eq!(v["failed_step"], "test");
+    assert!(
+        v["error"].as_str().unwrap().contains("no-such-user-opskit"),
+        "{v:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
+        live
+    );
+    drop(rig);
+}
