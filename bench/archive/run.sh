@@ -27,6 +27,9 @@ rm -rf "$LAB"
 "$OPSKIT" lab up --dir "$LAB" --only mariadb,sshd >/dev/null
 trap '"$OPSKIT" lab down --dir "$LAB" >/dev/null 2>&1 || true' EXIT
 CNF=$LAB/mariadb/my.cnf
+# Optional knobs: PURGE_BATCH, PURGE_CONNECTIONS (archive.purge.*), SKIP_OTHERS=1 (opskit only).
+[[ -n ${PURGE_BATCH:-} ]] && sed -i "s/^batch_size = .*/batch_size = $PURGE_BATCH/" "$LAB/opskit.toml"
+[[ -n ${PURGE_CONNECTIONS:-} ]] && sed -i "/^\[archive.purge\]/a connections = $PURGE_CONNECTIONS" "$LAB/opskit.toml" && sed -i '0,/^connections = 2$/{/^connections = 2$/d}' "$LAB/opskit.toml"
 PORT=$(awk -F= '/^port=/{print $2; exit}' "$CNF")
 SSHCFG=$LAB/ssh/ssh_config
 BACKUP=$(sed -n 's/.*"backup_dir": *"\([^"]*\)".*/\1/p' "$LAB/lab.json" | head -1)
@@ -84,6 +87,7 @@ for n in $ROWS_LIST; do
   fi
 done
 
+if [[ -n ${SKIP_OTHERS:-} ]]; then exit 0; fi
 log ""
 log "## pt-archiver, $MAX rows (--file, --bulk-delete, --limit 5000 --txn-size 5000, index on create_on)"
 fresh_copy
