@@ -452,7 +452,21 @@ fn write_fixtures(l: &RigLayout) -> anyhow::Result<()> {
         std::fs::write(l.path(rel), bytes)?;
         set_mode(&l.path(rel), 0o644)?;
     }
+    compress_best_effort(&l.path("www/ipo/static/app.css"));
     Ok(())
+}
+
+/// Replaces `<file>.gz` by `gzip -9 -n` output, as a build step would (the stored `.gz`
+/// stays when gzip is not installed).
+fn compress_best_effort(file: &Path) {
+    let mut cmd = Command::new("gzip");
+    cmd.args(["-9", "-n", "-k", "-f"]).arg(file);
+    match proc::run(&mut cmd, CMD_TIMEOUT) {
+        Ok(out) if out.success() => {
+            let _ = set_mode(&file.with_extension("css.gz"), 0o644);
+        }
+        _ => tracing::debug!("gzip unavailable; keeping the stored .gz of {}", file.display()),
+    }
 }
 
 fn write_php_fpm_conf(l: &RigLayout) -> anyhow::Result<()> {
