@@ -8,6 +8,8 @@
 //! - [`rig`]: starts a real nginx + php-fpm + bot upstream with fixtures in one directory, for
 //!   the lab and the tests.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod check;
 pub mod probe;
