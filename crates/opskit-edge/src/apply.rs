@@ -108,7 +108,7 @@ pub fn plan(deploy: &Deploy, now: DateTime<Utc>) -> Plan {
     plan.step(
         StepSpec::new("backup", "Back up the live config")
             .command(format!("cp -p {live} {backup}"))
-            .precondition("nginx is running (its pid file names a live process)")
+            .precondition("nginx is running (its pid file names a live process); curl is installed")
             .verification("the backup has the live config's bytes"),
         Backup(d.clone()),
     );
@@ -240,6 +240,16 @@ struct Backup(Deploy);
 impl StepAction for Backup {
     fn precondition(&mut self, _cx: &mut StepContext) -> StepResult {
         master_pid(&self.0.settings).map_err(|e| StepError::refused(format!("{e:#}")))?;
+        // Without curl the probe cannot run, and every deploy would be rolled back.
+        let curl = proc::run(
+            Command::new("curl").arg("--version"),
+            Duration::from_secs(5),
+        );
+        if !curl.as_ref().is_ok_and(|o| o.success()) {
+            return Err(StepError::refused(
+                "curl is not installed: the probe after the reload needs it (dnf install curl)",
+            ));
+        }
         Ok(())
     }
 

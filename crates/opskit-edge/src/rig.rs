@@ -465,7 +465,10 @@ fn compress_best_effort(file: &Path) {
         Ok(out) if out.success() => {
             let _ = set_mode(&file.with_extension("css.gz"), 0o644);
         }
-        _ => tracing::debug!("gzip unavailable; keeping the stored .gz of {}", file.display()),
+        _ => tracing::debug!(
+            "gzip unavailable; keeping the stored .gz of {}",
+            file.display()
+        ),
     }
 }
 
