@@ -354,6 +354,12 @@ impl Probe<'_> {
             r.status == 200,
             format!("GET /api/landing → {}", r.summary()),
         );
+        let powered_by = r.header("x-powered-by").map(str::to_string);
+        self.record(
+            "api.no_php_version_leak",
+            r.status == 200 && powered_by.is_none(),
+            format!("X-Powered-By: {powered_by:?} (expected none: expose_php = off)"),
+        );
         let r = self.send_api(&self.page("/api/opskit-no-such-name"))?;
         let from_nginx = r.body.contains("<center>nginx</center>");
         self.record(
