@@ -18,7 +18,7 @@ fn probe_options(settings: &NginxConfig) -> ProbeOptions {
     o
 }
 
-fn deploy(rig: &EdgeRig, state: &Path, new: &NginxConfig) -> engine::RunReport {
+fn deploy(state: &Path, new: &NginxConfig) -> engine::RunReport {
     let now = chrono::Utc::now();
     let d = Deploy::new(new, render::render(new), state, probe_options(new), now);
     let opts = EngineOptions {
@@ -27,7 +27,6 @@ fn deploy(rig: &EdgeRig, state: &Path, new: &NginxConfig) -> engine::RunReport {
         metrics: None,
         progress: false,
     };
-    let _ = rig;
     engine::run(apply::plan(&d, now), &opts).unwrap()
 }
 
@@ -58,7 +57,7 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
     // A good change (burst 2) goes live.
     let mut good = rig.settings.clone();
     good.api_burst = 2;
-    let report = deploy(&rig, state.path(), &good);
+    let report = deploy(state.path(), &good);
     assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:?}");
     let deployed = live_config(&rig);
     assert_eq!(deployed, render::render(&good));
@@ -72,7 +71,7 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .to_string_lossy()
         .parse()
         .unwrap();
-    let report = deploy(&rig, state.path(), &broken);
+    let report = deploy(state.path(), &broken);
     match &report.outcome {
         RunOutcome::Failed {
             step,
@@ -101,7 +100,7 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .to_string_lossy()
         .parse()
         .unwrap();
-    let report = deploy(&rig, state.path(), &wrong_socket);
+    let report = deploy(state.path(), &wrong_socket);
     match &report.outcome {
         RunOutcome::Failed {
             step,
