@@ -133,9 +133,18 @@ impl Probe<'_> {
                 if accept {
                     "a handshake"
                 } else {
-                    "a refused handshake"
+                    "the server to refuse the handshake with a TLS alert"
                 }
             );
+            // A refusal only counts when the server sent it: a client whose own policy cannot
+            // offer TLS 1.0 or these ciphers has not tested the server at all.
+            if !accept && !accepted && !r.error.contains("alert") {
+                self.skip(
+                    name,
+                    format!("this client could not make the offer: {detail}"),
+                );
+                continue;
+            }
             self.record(name, accepted == accept, detail);
         }
         Ok(())
