@@ -140,11 +140,36 @@ pub fn plan(deploy: &Deploy, now: DateTime<Utc>) -> Plan {
     );
     plan.step(
         StepSpec::new("probe", "Probe the live server against spec §2")
-            .command(format!("opskit nginx probe --url {}", d.probe.url))
+            .command(probe_command(&d.probe))
             .verification("every check passes"),
         Probe(d),
     );
     plan
+}
+
+/// The `opskit nginx probe` command line equivalent to the probe step.
+fn probe_command(p: &ProbeOptions) -> String {
+    let mut cmd = format!(
+        "opskit nginx probe --url {} --http-port {}",
+        p.url, p.http_port
+    );
+    for r in &p.resolve {
+        cmd.push_str(&format!(" --resolve {r}"));
+    }
+    if let Some(ca) = &p.cacert {
+        cmd.push_str(&format!(" --cacert {}", ca.display()));
+    }
+    if let Some(m) = &p.bot_marker {
+        cmd.push_str(&format!(" --bot-marker '{m}'"));
+    }
+    if p.stage_fixtures {
+        cmd.push_str(" --stage-fixtures");
+    }
+    if !p.groups.is_empty() {
+        let groups: Vec<&str> = p.groups.iter().map(|g| g.name()).collect();
+        cmd.push_str(&format!(" --group {}", groups.join(",")));
+    }
+    cmd
 }
 
 fn master_pid(settings: &NginxConfig) -> anyhow::Result<i32> {
