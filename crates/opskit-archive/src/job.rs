@@ -95,6 +95,15 @@ impl ArchiveJob {
             .join(format!("{}.purge.json", self.run_key()))
     }
 
+    /// Written once the archive is at its final name on the backup host (holds its sha256).
+    /// From then on the staged archive is never removed nor re-exported: the remote copy and
+    /// the local one must stay the same file.
+    pub fn uploaded_marker(&self) -> PathBuf {
+        self.state_dir
+            .join("archive")
+            .join(format!("{}.uploaded", self.run_key()))
+    }
+
     /// The journal file of this job.
     pub fn journal_path(&self) -> PathBuf {
         Journal::path_for(&self.state_dir, RUNBOOK, &self.run_key())

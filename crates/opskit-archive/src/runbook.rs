@@ -230,7 +230,7 @@ pub fn build_plan(job: &ArchiveJob, source: &SharedSource, observed: Option<&Obs
         .precondition("the source answers; the free space in the staging directory covers the estimated archive")
         .verification("re-read the file: size and sha256 match the manifest, every document decodes, count matches")
         .undo(vec![format!(
-            "rm -f {} {} (kept if the purge has begun)",
+            "rm -f {} {} (kept once the archive is on the backup host)",
             local.display(),
             ArchiveManifest::path_for(&local).display()
         )]),
@@ -351,7 +351,16 @@ fn purge_began(job: &ArchiveJob) -> bool {
     job.purge_checkpoint().exists()
 }
 
-/// Export: the month into a staged `.bson.gz` + manifest. A resumed export starts over.
+/// The sha256 of the archive already at its final remote name, if the upload got that far.
+fn uploaded_sha(job: &ArchiveJob) -> Option<String> {
+    std::fs::read_to_string(job.uploaded_marker())
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Export: the month into a staged `.bson.gz` + manifest. A resumed export starts over,
+/// except when that archive already reached the backup host: then it is reused as it is.
 struct ExportStep {
     job: ArchiveJob,
     source: SharedSource,
@@ -425,6 +434,34 @@ impl StepAction for ExportStep {
         let job = &self.job;
         let started = Instant::now();
         let local = job.local_path();
+        if let Some(sha) = uploaded_sha(job) {
+            // A later step failed after the upload: the backup host holds this very file, so a
+            // new export (which could differ) must not replace it.
+            let m = load_manifest(job)
+                .and_then(|m| verify_local(&local, &m).map(|_| m))
+                .map_err(|e| {
+                    failed(e.context(format!(
+                        "the archive with sha256 {sha} is already on the backup host but the staged copy is unusable; restore {} from the backup host",
+                        local.display()
+                    )))
+                })?;
+            if m.sha256 != sha {
+                return Err(failed(anyhow!(
+                    "{} (sha256 {}) is not the archive already on the backup host (sha256 {sha}); restore it from the backup host",
+                    local.display(),
+                    m.sha256
+                )));
+            }
+            tracing::info!(
+                "reusing {}: it is already on the backup host; documents written since go to a late pass",
+                local.display()
+            );
+            cx.record("file", local.display().to_string());
+            cx.record("count", m.count);
+            cx.record("sha256", &m.sha256);
+            cx.record("compressed_bytes", m.compressed_bytes);
+            return Ok(());
+        }
         let mut s = self.source.get().map_err(failed)?;
         let identity = ArchiveIdentity {
             source: s.describe(),
@@ -514,6 +551,13 @@ impl StepAction for ExportStep {
             )));
         }
         let local = self.job.local_path();
+        if uploaded_sha(&self.job).is_some() {
+            tracing::info!(
+                "keeping {}: it is already on the backup host and a re-run reuses it",
+                local.display()
+            );
+            return Ok(());
+        }
         for p in [
             ArchiveManifest::path_for(&local),
             local.clone(),
@@ -570,6 +614,13 @@ impl StepAction for UploadStep {
                 remote_path(host.remote_dir(), &m.file)
             ),
         }
+        let marker = self.job.uploaded_marker();
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))
+                .map_err(failed)?;
+        }
+        opskit_core::util::write_atomic(&marker, m.sha256.as_bytes(), 0o644).map_err(failed)?;
         cx.gauge("upload_seconds", secs);
         cx.record("remote", remote_path(host.remote_dir(), &m.file));
         cx.record("sha256", &m.sha256);
@@ -579,6 +630,12 @@ impl StepAction for UploadStep {
     fn undo(&mut self, _cx: &mut StepContext) -> StepResult {
         if purge_began(&self.job) {
             return Err(failed(anyhow!("the purge has begun: the upload is kept")));
+        }
+        if uploaded_sha(&self.job).is_some() {
+            // Linked to its final name: there is no temporary file left, and the final
+            // archive is never removed.
+            tracing::info!("the archive is at its final name on the backup host; it is kept");
+            return Ok(());
         }
         let host = self.job.backup_host().map_err(failed)?;
         host.remove_temp(&self.job.file_name()).map_err(failed)
@@ -592,6 +649,7 @@ struct CommitStep {
 
 impl StepAction for CommitStep {
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
+        pause_point("commit", "start", 1);
         let started = Instant::now();
         let m = load_manifest(&self.job).map_err(failed)?;
         let check = verify_local(&self.job.local_path(), &m).map_err(failed)?;

@@ -660,3 +660,59 @@ fn a_resumed_purge_refuses_an_archive_that_changed_since_it_was_verified() {
     rig.assert_nothing_lost();
     assert_eq!(rig.alerts().len(), 1);
 }
+
+#[test]
+fn a_failure_after_the_upload_keeps_the_uploaded_archive_and_the_rerun_reuses_it() {
+    let rig = Rig::new(1000, |_| {});
+    // Pause at the start of the commit step (the archive is on the backup host), then take
+    // the backup host down so the commit fails.
+    let mut child = rig
+        .opskit()
+        .args(["archive", "run", "--month", MONTH])
+        .env("OPSKIT_TEST_PAUSE_AT", "commit:start=1")
+        .env("OPSKIT_TEST_PAUSE_SECS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        eprintln!("[child] {line}");
+        if line.starts_with("OPSKIT_TEST_PAUSED") {
+            break;
+        }
+    }
+    let sshd = rig.lab.state().server("sshd").unwrap().identity();
+    opskit_lab::daemon::stop(&sshd, Duration::from_secs(5)).unwrap();
+    for line in lines {
+        eprintln!("[child] {}", line.unwrap());
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(rig.january_ids(), rig.january, "nothing deleted");
+    assert!(
+        rig.local_file().exists(),
+        "the uploaded archive's local copy is kept"
+    );
+    let uploaded = std::fs::read(rig.remote_file(FILE)).unwrap();
+
+    // A row arrives; the backup host comes back; the re-run reuses the uploaded archive
+    // (a fresh export would differ and could never replace it) and the row waits.
+    rig.sql(
+        "INSERT INTO test.user_logs (create_on, user_id, action, payload) VALUES ('2024-01-20 08:00:00', 5, 'late', 'c')",
+    );
+    opskit_lab::lab::up(rig.lab.dir(), &[Component::Sshd], Some(opskit_bin())).unwrap();
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("reusing"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(rig.remote_file(FILE)).unwrap(), uploaded);
+    assert_eq!(archived_ids(&rig.remote_file(FILE)), rig.january);
+    assert_eq!(
+        rig.january_ids().len(),
+        1,
+        "the late row waits for the late pass"
+    );
+    let late = rig.run();
+    assert_eq!(late.status.code(), Some(0));
+    assert!(rig.january_ids().is_empty());
+}
