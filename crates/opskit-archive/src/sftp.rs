@@ -4,17 +4,20 @@
 //!
 //! Upload protocol, so the final name only ever holds a complete, verified archive:
 //! 1. if `<name>` already exists, hash it: identical → done (idempotent); different → refuse;
-//! 2. write `<name>.uploading` (truncating any leftover of a crashed run), fsync it;
+//! 2. write `<name>.uploading`, fsync it (a leftover of a crashed run is continued when its
+//!    last MiB matches ours, else truncated);
 //! 3. check its size and re-read it over SFTP to compare its sha256 with the manifest (works
 //!    against `internal-sftp`-only servers where no command can be run);
 //! 4. hard-link it to `<name>` (fails if `<name>` appeared meanwhile: never overwrites), or
 //!    posix-rename when the server lacks hard links, then remove the temporary name;
 //! 5. upload the manifest beside it.
 
-use std::io::Read as _;
+use std::io::{Read as _, Seek as _};
+
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::AsyncSeek as _;
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::BytesMut;
@@ -287,20 +290,36 @@ impl BackupHost {
             RemoteState::Absent => {}
         }
         let what = format!("writing {tmp_path} on {}", self.host);
+        let mut file =
+            std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
+        // A crashed upload left part of the file: continue after it when its last MiB matches
+        // ours (the full sha256 check below catches anything else, and removes the temp file).
+        let resume_at = self.resumable_prefix(sftp, &tmp_path, &mut file, m).await;
         let mut remote = within(
             self.timeout,
             &what,
             sftp.options()
                 .write(true)
                 .create(true)
-                .truncate(true)
+                .truncate(resume_at == 0)
                 .open(&tmp_path),
         )
         .await?;
-        let mut file =
-            std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
+        file.seek(std::io::SeekFrom::Start(resume_at))
+            .with_context(|| format!("seeking in {}", local.display()))?;
+        if resume_at > 0 {
+            tracing::info!(
+                "resuming the upload of {tmp_path} at byte {resume_at} of {}",
+                m.compressed_bytes
+            );
+            std::pin::Pin::new(&mut remote)
+                .start_seek(std::io::SeekFrom::Start(resume_at))
+                .with_context(|| format!("seeking in {tmp_path}"))?;
+
+            on_bytes(resume_at);
+        }
         let mut buf = vec![0u8; 1 << 20];
-        let mut sent = 0u64;
+        let mut sent = resume_at;
         loop {
             let n = file
                 .read(&mut buf)
@@ -380,6 +399,44 @@ impl BackupHost {
         }
         self.put_manifest(sftp, m).await?;
         Ok(UploadOutcome::Uploaded)
+    }
+
+    /// How many bytes of a leftover temp file can be kept: its size when it is no longer
+    /// than ours and its last MiB equals ours at the same offset, else 0.
+    async fn resumable_prefix(
+        &self,
+        sftp: &Sftp,
+        tmp_path: &str,
+        local: &mut std::fs::File,
+        m: &ArchiveManifest,
+    ) -> u64 {
+        let Some(len) = self.remote_len(sftp, tmp_path).await else {
+            return 0;
+        };
+        if len == 0 || len > m.compressed_bytes {
+            return 0;
+        }
+        let tail = len.min(1 << 20);
+        let start = len - tail;
+        let mut ours = vec![0u8; tail as usize];
+        if local
+            .seek(std::io::SeekFrom::Start(start))
+            .and_then(|_| local.read_exact(&mut ours))
+            .is_err()
+        {
+            return 0;
+        }
+        let theirs = async {
+            let mut f = sftp.open(tmp_path).await?;
+            std::pin::Pin::new(&mut f).start_seek(std::io::SeekFrom::Start(start))?;
+            let buf = f.read_all(tail as usize, BytesMut::new()).await?;
+            let _ = f.close().await;
+            Ok::<_, openssh_sftp_client::Error>(buf)
+        };
+        match within(self.timeout, "reading the temp file's tail", theirs).await {
+            Ok(buf) if buf[..] == ours[..] => len,
+            _ => 0,
+        }
     }
 
     async fn put_manifest(&self, sftp: &Sftp, m: &ArchiveManifest) -> anyhow::Result<()> {

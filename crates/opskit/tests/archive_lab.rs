@@ -716,3 +716,30 @@ fn a_failure_after_the_upload_keeps_the_uploaded_archive_and_the_rerun_reuses_it
     assert_eq!(late.status.code(), Some(0));
     assert!(rig.january_ids().is_empty());
 }
+
+#[test]
+fn kill_in_the_middle_of_a_large_upload_then_rerun_resumes_it() {
+    // About 1.3 MB compressed: the kill comes after the first 1 MiB block.
+    let rig = Rig::new(25_000, |c| {
+        c.archive.purge.batch_size = opskit_core::config::value::Positive::new(5000);
+    });
+    rig.run_and_kill_at("upload:bytes=1");
+    let partial = rig.remote_file(&format!("{FILE}.uploading"));
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    let full = std::fs::metadata(rig.local_file()).unwrap().len();
+    assert!(
+        kept > 0 && kept < full,
+        "a partial upload: {kept} of {full} bytes"
+    );
+    assert_eq!(rig.january_ids(), rig.january);
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains(&format!(
+            "resuming the upload of user_logs/{FILE}.uploading at byte {kept}"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    rig.assert_month_archived();
+}
