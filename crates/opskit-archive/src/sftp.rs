@@ -13,11 +13,9 @@
 //! 5. upload the manifest beside it.
 
 use std::io::{Read as _, Seek as _};
-
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncSeek as _;
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::BytesMut;
@@ -25,6 +23,7 @@ use openssh::{ControlPersist, KnownHosts, SessionBuilder};
 use openssh_sftp_client::{Sftp, SftpOptions};
 use opskit_core::config::SftpConfig;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncSeek as _;
 
 use crate::staged::ArchiveManifest;
 use crate::testhook::pause_point;
