@@ -29,7 +29,8 @@ pub enum ArchiveCommand {
     /// Export the month, upload it over SFTP, verify it, then delete exactly what was archived.
     ///
     /// Resumes a crashed run of the same month; a finished month is not run again (documents
-    /// that arrived later are taken by a "late" pass into a separate file).
+    /// that arrived later are taken by a "late" pass into a separate file). Without --month,
+    /// earlier archived months that received documents since get their late pass first.
     Run(RunArgs),
     /// Check an archive against its manifest (size, sha256, every document decoded and counted).
     Verify(VerifyArgs),
