@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, RawDocumentBuf, doc};
 use opskit_archive::bounds::MonthBounds;
-use opskit_archive::source::mongodb::{MongoSource, MongoSourceOptions, anomaly_filters};
+use opskit_archive::source::mongodb::{
+    MongoSource, MongoSourceOptions, WELL_FORMED_DATE_PATTERN, anomaly_filters,
+};
 use opskit_archive::source::{Record, RecordSink, Source};
 use serde_json::{Value, json};
 
@@ -283,7 +285,11 @@ fn export_sends_a_hinted_sorted_find_then_getmore_and_keeps_the_server_bytes() {
     assert_eq!(find["$db"], "test");
     assert_eq!(
         find["filter"],
-        ext(doc! {"create_on": {"$gte": "2024-01-01 00:00:00", "$lt": "2024-02-01 00:00:00"}})
+        ext(doc! {"create_on": {
+            "$gte": "2024-01-01 00:00:00",
+            "$lt": "2024-02-01 00:00:00",
+            "$regex": WELL_FORMED_DATE_PATTERN,
+        }})
     );
     assert_eq!(find["hint"], "create_on_1");
     assert_eq!(find["sort"], json!({"create_on": int32(1)}));
@@ -302,7 +308,11 @@ fn export_sends_a_hinted_sorted_find_then_getmore_and_keeps_the_server_bytes() {
     assert_eq!(count["collation"], json!({"locale": "simple"}));
     assert_eq!(
         count["pipeline"][0]["$match"],
-        ext(doc! {"create_on": {"$gte": "2024-01-01 00:00:00", "$lt": "2024-02-01 00:00:00"}})
+        ext(doc! {"create_on": {
+            "$gte": "2024-01-01 00:00:00",
+            "$lt": "2024-02-01 00:00:00",
+            "$regex": WELL_FORMED_DATE_PATTERN,
+        }})
     );
     assert_eq!(double.only("collStats")["collStats"], "user_logs");
     assert_eq!(double.only("listIndexes")["listIndexes"], "user_logs");

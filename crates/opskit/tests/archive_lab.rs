@@ -750,3 +750,27 @@ fn kill_in_the_middle_of_a_large_upload_then_rerun_resumes_it() {
     );
     rig.assert_month_archived();
 }
+
+#[test]
+fn a_malformed_date_inside_the_month_is_reported_and_never_archived_nor_deleted() {
+    let rig = Rig::new(300, |_| {});
+    // Both sort inside January's string range, yet neither has the writers' exact shape.
+    rig.db
+        .sql(
+            "INSERT INTO test.user_logs (create_on, user_id, action, payload) VALUES
+               ('2024-01-05T03:03:11', 1, 'anomaly', 'iso T'),
+               ('2024-01-05 03:03:11.5', 1, 'anomaly', 'fraction');",
+        )
+        .unwrap();
+    let plan = rig.archive(&["plan", "--month", MONTH]);
+    assert_eq!(plan.status.code(), Some(0));
+    assert!(stdout(&plan).contains("300 documents"), "{}", stdout(&plan));
+    assert!(stdout(&plan).contains("malformed 3"), "{}", stdout(&plan));
+    let run = rig.run();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let kept = rig.sql("SELECT COUNT(*) FROM test.user_logs WHERE action = 'anomaly'");
+    assert_eq!(kept.trim(), "4", "every anomaly is still there");
+    let archived = archived_ids(&rig.local_file());
+    assert_eq!(archived.len(), 300);
+    assert_eq!(archived, rig.january);
+}

@@ -595,9 +595,16 @@ pub fn redact_uri(uri: &str) -> String {
     format!("{scheme}://{hosts}{tail}")
 }
 
-/// `{date: {$gte: lower, $lt: upper}}`: the half-open month as strings.
+/// `{date: {$gte: lower, $lt: upper, $regex: well-formed}}`: the half-open month as strings,
+/// of the exact `YYYY-MM-DD HH:MM:SS` shape only. A malformed string that sorts inside the
+/// month (`2024-01-05T03:03:11`) is an anomaly to report, never archived nor deleted. The
+/// range still bounds the index scan; the pattern is checked on the index keys.
 pub fn range_filter(date_field: &str, bounds: &MonthBounds) -> Document {
-    doc! { date_field: { "$gte": bounds.lower.as_str(), "$lt": bounds.upper.as_str() } }
+    doc! { date_field: {
+        "$gte": bounds.lower.as_str(),
+        "$lt": bounds.upper.as_str(),
+        "$regex": WELL_FORMED_DATE_PATTERN,
+    } }
 }
 
 /// `{locale: "simple"}`: binary string comparison, whatever the collection's default.
@@ -720,9 +727,12 @@ pub fn anomaly_filters(date_field: &str) -> Vec<(AnomalyKind, Document)> {
 /// `{_id: {$in: ids}, date: {$gte: lower, $lt: upper}}`: only archived ids, and only while
 /// their date is still in the month (a document rewritten since the export stays).
 pub fn delete_filter(ids: &[Bson], date_field: &str, bounds: &MonthBounds) -> Document {
-    let mut filter = doc! { "_id": { "$in": ids.to_vec() } };
-    filter.extend(range_filter(date_field, bounds));
-    filter
+    // The ids come from the verified archive; the bounds guard against a document whose date
+    // was changed since (it then belongs to another month and stays).
+    doc! {
+        "_id": { "$in": ids.to_vec() },
+        date_field: { "$gte": bounds.lower.as_str(), "$lt": bounds.upper.as_str() },
+    }
 }
 
 /// `deleteMany` options: majority write concern with a `wtimeout`, simple collation.
@@ -986,7 +996,11 @@ mod tests {
     fn range_filter_is_the_half_open_month_as_strings() {
         assert_eq!(
             range_filter("create_on", &bounds()),
-            doc! {"create_on": {"$gte": "2024-01-01 00:00:00", "$lt": "2024-02-01 00:00:00"}}
+            doc! {"create_on": {
+                "$gte": "2024-01-01 00:00:00",
+                "$lt": "2024-02-01 00:00:00",
+                "$regex": WELL_FORMED_DATE_PATTERN,
+            }}
         );
     }
 

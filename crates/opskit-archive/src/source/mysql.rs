@@ -306,8 +306,9 @@ impl MysqlSource {
     pub fn export_sql(&mut self) -> anyhow::Result<String> {
         let info = self.info()?;
         Ok(format!(
-            "SELECT * FROM {} WHERE {d} >= ? AND {d} < ? ORDER BY {d}, {pk}",
+            "SELECT * FROM {} WHERE {} ORDER BY {d}, {pk}",
             self.table_with_hint(&info),
+            month_predicate(&self.date_field, info.date_kind),
             d = quote_ident(&self.date_field),
             pk = quote_ident(&info.pk)
         ))
@@ -477,6 +478,22 @@ fn append_value(
     }
 }
 
+/// The month's predicate (two placeholders: lower, upper). For a text column it also requires
+/// the exact `YYYY-MM-DD HH:MM:SS` shape: a malformed string that happens to sort inside the
+/// month (`2024-01-05T03:03:11`) is an anomaly to report, never archived nor deleted.
+fn month_predicate(date_field: &str, kind: DateKind) -> String {
+    let d = quote_ident(date_field);
+    match kind {
+        DateKind::Text => format!(
+            "{d} >= ? AND {d} < ? AND CHAR_LENGTH({d}) = 19 AND {d} REGEXP '{WELL_FORMED_DATE_REGEXP}'"
+        ),
+        DateKind::Typed | DateKind::Timestamp => format!("{d} >= ? AND {d} < ?"),
+    }
+}
+
+/// A well-formed date string, in MariaDB/MySQL `REGEXP` syntax (the length is checked apart).
+const WELL_FORMED_DATE_REGEXP: &str = "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$";
+
 impl MysqlSource {
     /// The export, optionally stopped after `limit` records (used to sample record sizes).
     fn export_limited(
@@ -593,9 +610,9 @@ impl Source for MysqlSource {
     fn range_stats(&mut self, bounds: &MonthBounds) -> anyhow::Result<RangeStats> {
         let info = self.info()?;
         let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {d} >= ? AND {d} < ?",
+            "SELECT COUNT(*) FROM {} WHERE {}",
             self.table_with_hint(&info),
-            d = quote_ident(&self.date_field)
+            month_predicate(&self.date_field, info.date_kind)
         );
         let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
         let count: Option<u64> = self.with_conn("counting the month", move |c| {
@@ -623,7 +640,7 @@ impl Source for MysqlSource {
         let missing_where = format!("{d} IS NULL");
         let malformed_where = match info.date_kind {
             DateKind::Text => Some(format!(
-                "{d} IS NOT NULL AND (CHAR_LENGTH({d}) <> 19 OR {d} NOT REGEXP '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} [0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}$')"
+                "{d} IS NOT NULL AND (CHAR_LENGTH({d}) <> 19 OR {d} NOT REGEXP '{WELL_FORMED_DATE_REGEXP}')"
             )),
             // Zero dates (`0000-00-00`) sort before every month and are never archived.
             DateKind::Typed | DateKind::Timestamp => Some(format!("{d} < '1000-01-01'")),
