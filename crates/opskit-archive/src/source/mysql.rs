@@ -163,6 +163,15 @@ impl MysqlSource {
         )
     }
 
+    /// A new session, within the source's time limit.
+    fn connect(&self) -> anyhow::Result<Conn> {
+        let (timeout, server, opts) = (self.timeout, &self.described, self.opts.clone());
+        self.rt
+            .block_on(async { tokio::time::timeout(timeout, Conn::new(opts)).await })
+            .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
+            .with_context(|| format!("connecting to {server}"))
+    }
+
     /// Runs `f` on the connection (connecting first) with the adapter's timeout.
     fn with_conn<T>(
         &mut self,
@@ -176,13 +185,7 @@ impl MysqlSource {
         let timeout = self.timeout;
         let server = self.described.clone();
         if self.conn.is_none() {
-            let opts = self.opts.clone();
-            let conn = self
-                .rt
-                .block_on(async { tokio::time::timeout(timeout, Conn::new(opts)).await })
-                .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
-                .with_context(|| format!("connecting to {server}"))?;
-            self.conn = Some(conn);
+            self.conn = Some(self.connect()?);
         }
         let conn = self.conn.as_mut().expect("connected above");
         let result = self
@@ -709,12 +712,7 @@ impl Source for MysqlSource {
         let (timeout, server) = (self.timeout, self.described.clone());
         let wanted = statements.len().min(parts);
         while self.delete_pool.len() < wanted {
-            let opts = self.opts.clone();
-            let conn = self
-                .rt
-                .block_on(async { tokio::time::timeout(timeout, Conn::new(opts)).await })
-                .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
-                .with_context(|| format!("connecting to {server}"))?;
+            let conn = self.connect()?;
             self.delete_pool.push(conn);
         }
         let mut deleted = 0;
