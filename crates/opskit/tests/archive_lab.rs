@@ -169,6 +169,30 @@ impl Rig {
         assert!(!status.success());
     }
 
+    /// Starts `opskit archive run` that pauses for `secs` at `pause_at`, and returns once it
+    /// has reached the pause.
+    fn run_paused(&self, pause_at: &str, secs: &str) -> PausedRun {
+        let mut child = self
+            .opskit()
+            .args(["archive", "run", "--month", MONTH])
+            .env("OPSKIT_TEST_PAUSE_AT", pause_at)
+            .env("OPSKIT_TEST_PAUSE_SECS", secs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            eprintln!("[child] {line}");
+            if line.starts_with("OPSKIT_TEST_PAUSED") {
+                return PausedRun { child, lines };
+            }
+        }
+        let status = child.wait().unwrap();
+        panic!("opskit ended ({status}) before the pause point {pause_at}");
+    }
+
     fn local_file(&self) -> PathBuf {
         self.config.archive.staging_dir.path().join(FILE)
     }
@@ -220,6 +244,21 @@ impl Rig {
 }
 
 /// The ids in an archive file (empty when it does not exist).
+/// A run paused at a test hook; [`PausedRun::finish`] lets it go on and waits for it.
+struct PausedRun {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStderr>>,
+}
+
+impl PausedRun {
+    fn finish(mut self) -> std::process::ExitStatus {
+        for line in self.lines {
+            eprintln!("[child] {}", line.unwrap());
+        }
+        self.child.wait().unwrap()
+    }
+}
+
 fn archived_ids(path: &Path) -> BTreeSet<i64> {
     if !path.exists() {
         return BTreeSet::new();
@@ -396,32 +435,13 @@ fn kill_during_purge_then_rerun_resumes_and_loses_nothing() {
 #[test]
 fn rows_inserted_after_the_export_are_kept_and_taken_by_the_next_run() {
     let rig = Rig::new(1000, |_| {});
-    let mut child = rig
-        .opskit()
-        .args(["archive", "run", "--month", MONTH])
-        .env("OPSKIT_TEST_PAUSE_AT", "purge:batch=1")
-        .env("OPSKIT_TEST_PAUSE_SECS", "4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        eprintln!("[child] {line}");
-        if line.starts_with("OPSKIT_TEST_PAUSED") {
-            break;
-        }
-    }
+    let paused = rig.run_paused("purge:batch=1", "4");
     // Exported, uploaded and verified: now late January rows arrive.
     rig.sql(
         "INSERT INTO test.user_logs (create_on, user_id, action, payload) VALUES
            ('2024-01-10 12:00:00', 9, 'late', 'a'), ('2024-01-31 23:59:59', 9, 'late', 'b')",
     );
-    for line in lines {
-        eprintln!("[child] {}", line.unwrap());
-    }
-    assert!(child.wait().unwrap().success());
+    assert!(paused.finish().success());
     let late: BTreeSet<i64> = rig.january_ids();
     assert_eq!(late.len(), 2, "the late rows must not be deleted");
     assert_eq!(archived_ids(&rig.remote_file(FILE)), rig.january);
@@ -673,29 +693,10 @@ fn a_failure_after_the_upload_keeps_the_uploaded_archive_and_the_rerun_reuses_it
     let rig = Rig::new(1000, |_| {});
     // Pause at the start of the commit step (the archive is on the backup host), then take
     // the backup host down so the commit fails.
-    let mut child = rig
-        .opskit()
-        .args(["archive", "run", "--month", MONTH])
-        .env("OPSKIT_TEST_PAUSE_AT", "commit:start=1")
-        .env("OPSKIT_TEST_PAUSE_SECS", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        eprintln!("[child] {line}");
-        if line.starts_with("OPSKIT_TEST_PAUSED") {
-            break;
-        }
-    }
+    let paused = rig.run_paused("commit:start=1", "3");
     let sshd = rig.lab.state().server("sshd").unwrap().identity();
     opskit_lab::daemon::stop(&sshd, Duration::from_secs(5)).unwrap();
-    for line in lines {
-        eprintln!("[child] {}", line.unwrap());
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(paused.finish().code(), Some(1));
     assert_eq!(rig.january_ids(), rig.january, "nothing deleted");
     assert!(
         rig.local_file().exists(),
