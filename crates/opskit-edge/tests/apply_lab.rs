@@ -72,18 +72,7 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .parse()
         .unwrap();
     let report = deploy(state.path(), &broken);
-    match &report.outcome {
-        RunOutcome::Failed {
-            step,
-            rolled_back,
-            error,
-        } => {
-            assert_eq!(step, "test", "{error}");
-            assert!(rolled_back);
-            assert!(error.contains("missing.crt"), "{error}");
-        }
-        other => panic!("expected a rolled-back failure, got {other:?}"),
-    }
+    assert_rolled_back(&report.outcome, "test", "missing.crt");
     assert_eq!(report.undone, vec!["write".to_string()]);
     assert_eq!(
         live_config(&rig),
@@ -101,18 +90,7 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .parse()
         .unwrap();
     let report = deploy(state.path(), &wrong_socket);
-    match &report.outcome {
-        RunOutcome::Failed {
-            step,
-            rolled_back,
-            error,
-        } => {
-            assert_eq!(step, "probe", "{error}");
-            assert!(rolled_back);
-            assert!(error.contains("api.landing_200"), "{error}");
-        }
-        other => panic!("expected a rolled-back failure, got {other:?}"),
-    }
+    assert_rolled_back(&report.outcome, "probe", "api.landing_200");
     assert_eq!(
         report.undone,
         vec!["reload".to_string(), "write".to_string()]
@@ -150,4 +128,20 @@ fn apply_refuses_when_nginx_is_not_running() {
         !settings.config_path.path().exists(),
         "a refused run must not write the config"
     );
+}
+
+/// The run failed at `step` with an error mentioning `needle`, and was rolled back.
+fn assert_rolled_back(outcome: &RunOutcome, want_step: &str, needle: &str) {
+    match outcome {
+        RunOutcome::Failed {
+            step,
+            rolled_back,
+            error,
+        } => {
+            assert_eq!(step, want_step, "{error}");
+            assert!(rolled_back, "not rolled back: {error}");
+            assert!(error.contains(needle), "{error}");
+        }
+        other => panic!("expected a rolled-back failure, got {other:?}"),
+    }
 }
