@@ -39,20 +39,26 @@ pub fn run(opts: &DrillOptions) -> anyhow::Result<DrillReport> {
     let mut report = DrillReport::new(&opts.lab_dir);
     let clock = Instant::now();
     let up = opskit_lab::up(&opts.lab_dir, &[], Some(opts.opskit.clone()))?;
-    let servers = up.state.servers.len();
+    // `up` returns only when every server it started answered its readiness probe.
+    let missing: Vec<&str> = Component::ALL
+        .iter()
+        .map(|c| c.name())
+        .filter(|kind| up.state.of_kind(kind).next().is_none())
+        .collect();
     report.push(Check::new(
         "lab",
         "every lab server starts and answers",
-        true,
-        format!(
-            "{servers} servers ({}) in {}",
-            Component::ALL
-                .iter()
-                .map(|c| c.name())
-                .collect::<Vec<_>>()
-                .join(", "),
-            up.dir.display()
-        ),
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!(
+                "{} processes for {} components in {}",
+                up.state.servers.len(),
+                Component::ALL.len(),
+                up.dir.display()
+            )
+        } else {
+            format!("not running: {}", missing.join(", "))
+        },
         clock.elapsed().as_secs_f64(),
     ));
     let opskit = Opskit::new(&opts.opskit, &up.opskit_toml);
