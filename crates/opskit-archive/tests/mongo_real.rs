@@ -119,7 +119,10 @@ fn a_month_is_exported_byte_exact_and_only_its_archived_ids_are_deleted() {
         .unwrap();
     if let Some(file) = &target.password_file {
         let password =
-            opskit_archive::source::mongodb::read_password_file(file).expect("password file");
+            opskit_core::secret::read_secret_file(file, "OPSKIT_TEST_MONGODB_PASSWORD_FILE")
+                .expect("password file")
+                .expose()
+                .to_string();
         options
             .credential
             .as_mut()

@@ -15,7 +15,9 @@ pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
+pub mod proc;
 pub mod progress;
+pub mod secret;
 pub mod util;
 
-pub use error::{ExitStatus, OpsError};
+pub use error::{Classify, ErrorKind, ExitStatus, OpsError};

@@ -24,8 +24,9 @@ pub fn new_run_id() -> String {
     )
 }
 
-/// Writes a file atomically: a temp file in the same directory, fsync, chmod, rename, then
-/// fsync of the directory. Readers see the old file or the new one, never a torn one.
+/// Writes a file atomically: a temp file in the same directory (created with `O_EXCL |
+/// O_NOFOLLOW`, so a planted file or symlink is never written through), fsync, chmod, rename,
+/// then fsync of the directory. Readers see the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path
         .parent()
@@ -40,7 +41,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
         std::process::id()
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_new_private(&tmp, mode).or_else(|e| {
+            // A temp file of an earlier crashed process with our pid: ours to replace.
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::fs::remove_file(&tmp)?;
+                create_new_private(&tmp, mode)
+            } else {
+                Err(e)
+            }
+        })?;
         f.write_all(bytes)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
@@ -51,6 +60,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates a new file (never an existing one, never through a symlink) with `mode`.
+pub fn create_new_private(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -67,5 +87,24 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_planted_symlink_at_the_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let p = dir.path().join("f");
+        let tmp = dir.path().join(format!(".f.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write_atomic(&p, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert!(
+            !std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! Driving the real `opskit` binary with the lab's config, with a time limit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use opskit_core::proc;
 
 use crate::report::Check;
 
@@ -69,40 +70,25 @@ impl Opskit {
 
     /// Runs `opskit --config <lab> --log-format json <args>` and waits (killed at the limit).
     pub fn run(&self, args: &[&str]) -> anyhow::Result<Invocation> {
-        let clock = Instant::now();
-        let dir = tempdir()?;
-        let out_path = dir.join("stdout");
-        let err_path = dir.join("stderr");
-        let mut child = Command::new(&self.exe)
-            .arg("--config")
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--config")
             .arg(&self.config)
             .args(["--log-format", "json"])
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path)?)
-            .stderr(std::fs::File::create(&err_path)?)
-            .env_remove("OPSKIT_CONFIG")
-            .spawn()
-            .with_context(|| format!("starting {}", self.exe.display()))?;
-        let code = loop {
-            if let Some(status) = child.try_wait()? {
-                break status.code().unwrap_or(-1);
-            }
-            if clock.elapsed() > LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                break -1;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            .env_remove("OPSKIT_CONFIG");
+        let clock = Instant::now();
+        let (code, stdout, stderr) = match proc::run(&mut cmd, LIMIT) {
+            Ok(out) => (out.code.unwrap_or(-1), out.stdout_text(), out.stderr_text()),
+            // Past the limit: killed, reported as exit -1 with the reason.
+            Err(e) if clock.elapsed() >= LIMIT => (-1, String::new(), format!("{e:#}")),
+            Err(e) => return Err(e),
         };
-        let inv = Invocation {
+        Ok(Invocation {
             code,
-            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+            stdout,
+            stderr,
             secs: clock.elapsed().as_secs_f64(),
-        };
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(inv)
+        })
     }
 
     /// Runs and checks only the exit code.
@@ -127,16 +113,4 @@ impl Opskit {
             Err(e) => Check::new(runbook, name, false, format!("{e:#}"), 0.0),
         }
     }
-}
-
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "opskit-drill-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

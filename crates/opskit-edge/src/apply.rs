@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::check::{self, NGINX_TEST_TIMEOUT};
 use crate::probe::{self, ProbeOptions};
-use crate::proc;
+use opskit_core::proc;
 
 /// Everything the deploy needs, decided before it starts.
 #[derive(Debug, Clone)]
@@ -199,14 +199,9 @@ fn workers(master: i32) -> Vec<String> {
         .collect()
 }
 
+/// nginx configs are world-readable (the workers read them after dropping privileges).
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("opskit-new");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    opskit_core::util::write_atomic(path, bytes, 0o644)
 }
 
 /// Restores the backup over the live file (no backup file: there was no live config).
@@ -223,16 +218,9 @@ fn restore(d: &Deploy) -> anyhow::Result<()> {
 }
 
 fn run_nginx(mut cmd: Command, what: &str) -> anyhow::Result<()> {
-    let shown = proc::display(&cmd);
-    let out = proc::run(&mut cmd, NGINX_TEST_TIMEOUT)?;
-    if !out.success() {
-        bail!(
-            "{what} failed: `{shown}` exited {:?}: {}{}",
-            out.code,
-            out.stdout.trim(),
-            out.stderr.trim()
-        );
-    }
+    proc::run(&mut cmd, NGINX_TEST_TIMEOUT)?
+        .checked()
+        .with_context(|| format!("{what} failed"))?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::proc;
+use opskit_core::proc;
 
 /// How long `nginx -t` may take (it resolves upstream names).
 pub const NGINX_TEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -47,7 +47,7 @@ pub fn test_config(
     let mut cmd = test_command(nginx, prefix, config);
     let command = proc::display(&cmd);
     let out = proc::run(&mut cmd, NGINX_TEST_TIMEOUT)?;
-    let output = format!("{}{}", out.stdout, out.stderr);
+    let output = format!("{}{}", out.stdout_text(), out.stderr_text());
     let pick = |tags: &[&str]| -> Vec<String> {
         output
             .lines()
@@ -88,7 +88,7 @@ fn write_scratch(dir: &Path, text: &str) -> anyhow::Result<PathBuf> {
 /// The installed nginx's version, from `nginx -v`.
 pub fn installed_version(nginx: &Path) -> anyhow::Result<(u32, u32, u32)> {
     let out = proc::run(Command::new(nginx).arg("-v"), Duration::from_secs(10))?;
-    let text = format!("{}{}", out.stdout, out.stderr);
+    let text = format!("{}{}", out.stdout_text(), out.stderr_text());
     let v = text
         .split("nginx/")
         .nth(1)

@@ -13,6 +13,6 @@
 pub mod apply;
 pub mod check;
 pub mod probe;
-pub mod proc;
+
 pub mod render;
 pub mod rig;

@@ -15,7 +15,8 @@ use anyhow::{Context as _, bail};
 use opskit_core::config::NginxConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{check, proc, render};
+use crate::{check, render};
+use opskit_core::proc;
 
 /// Header the lab's bot upstream puts on every response (`--bot-marker`).
 pub const BOT_MARKER: &str = "X-Bot-Upstream: lab";
@@ -243,16 +244,7 @@ impl Drop for EdgeRig {
 }
 
 fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
-    let shown = proc::display(cmd);
-    let out = proc::run(cmd, CMD_TIMEOUT)?;
-    if !out.success() {
-        bail!(
-            "`{shown}` failed ({:?}): {}{}",
-            out.code,
-            out.stdout,
-            out.stderr
-        );
-    }
+    proc::run(cmd, CMD_TIMEOUT)?.checked()?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -445,102 +445,6 @@ fn wait_gone(id: &ProcessIdentity, timeout: Duration, session_leader: bool) -> b
     }
 }
 
-/// Runs a short helper command (ssh-keygen, mariadb-install-db, a client) to completion with
-/// a timeout; a non-zero exit is an error that names the command and shows its output.
-pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    run_with_input(cmd, None, timeout)
-}
-
-/// Like [`run`], writing `input` to the command's stdin (how SQL reaches the client, so it
-/// never shows in argv).
-pub fn run_with_input(
-    cmd: &mut Command,
-    input: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<Output> {
-    let what = format!(
-        "`{} {}`",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    // It dies with us if we are killed mid-run; it stays in our process group, so a Ctrl-C on
-    // the terminal reaches its children too (mariadb-install-db's bootstrap server, sftp's ssh).
-    // SAFETY: prctl and getppid are async-signal-safe.
-    let parent = std::process::id() as i32;
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 || libc::getppid() != parent
-            {
-                return Err(io::Error::other("the parent exited"));
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        let input = input.to_vec();
-        // A thread, so a command that does not read its input cannot block us past the deadline.
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            let _ = stdin.write_all(&input);
-        });
-    }
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out.read_to_end(&mut b);
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err.read_to_end(&mut b);
-        b
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waiting for {what}"))?
-        {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what} did not finish within {}s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let output = Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    };
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            String::from_utf8_lossy(&output.stdout).trim()
-        );
-    }
-    Ok(output)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,21 +580,5 @@ mod tests {
         assert!(msg.contains("did not answer"), "{msg}");
         assert!(msg.contains("starting"), "{msg}");
         assert!(!s.identity.is_alive());
-    }
-
-    #[test]
-    fn run_times_out_and_reports_failure() {
-        let e = run(
-            Command::new("/bin/sleep").arg("5"),
-            Duration::from_millis(100),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("did not finish"), "{e}");
-        let e = run(
-            Command::new("/bin/sh").args(["-c", "echo nope >&2; exit 1"]),
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("nope"), "{e}");
     }
 }

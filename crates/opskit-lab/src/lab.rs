@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 use opskit_core::config::Config;
 use opskit_core::config::value::AbsPath;
+use opskit_core::error::refused;
 use serde::Serialize;
 
 use crate::components::{Component, LabContext};
@@ -261,31 +262,19 @@ fn purge_dir(dir: &Path) -> Result<()> {
     let is_lab = dir.join(STATE_FILE).exists()
         || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
     if !is_lab || dir.parent().is_none() {
-        return Err(anyhow!(Refusal(format!(
+        return Err(refused(format!(
             "{} has no {STATE_FILE}: it does not look like a lab directory, so --purge will not \
              delete it",
             dir.display()
-        ))));
+        )));
     }
     if let Some(m) = mounts_under(dir)?.first() {
-        return Err(anyhow!(Refusal(format!(
+        return Err(refused(format!(
             "{m} is mounted inside the lab directory; unmount it before --purge"
-        ))));
+        )));
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
-
-/// A precondition refused the operation and nothing was changed (the CLI maps it to exit 3).
-#[derive(Debug)]
-pub struct Refusal(pub String);
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// Mount points at or under `dir` in this process's mount namespace.
 pub fn mounts_under(dir: &Path) -> Result<Vec<String>> {

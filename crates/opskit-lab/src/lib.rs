@@ -56,8 +56,8 @@ pub use components::mariadb::MariadbServer;
 pub use components::sshd::SftpServer;
 pub use components::webhook::WebhookReceiver;
 pub use lab::{
-    ComponentUp, DownReport, Lab, LabBuilder, LabView, OPSKIT_TOML, Refusal, StatusReport,
-    UpAction, UpReport, down, status, up,
+    ComponentUp, DownReport, Lab, LabBuilder, LabView, OPSKIT_TOML, StatusReport, UpAction,
+    UpReport, down, status, up,
 };
 pub use state::{LabState, ServerRecord};
 

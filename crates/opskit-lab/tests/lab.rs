@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use opskit_core::proc;
 use opskit_lab::daemon::{self, Launch, Liveness, ProcessIdentity, StopOutcome};
 use opskit_lab::{Component, LabBuilder, LabState, UpAction};
 
@@ -174,7 +175,7 @@ fn host_key_checking_stays_on() {
         ),
     )
     .unwrap();
-    let out = daemon::run_with_input(
+    let out = proc::run_with_input(
         Command::new("sftp")
             .arg("-F")
             .arg(&other)
@@ -182,6 +183,7 @@ fn host_key_checking_stays_on() {
         Some(b"ls\n"),
         Duration::from_secs(20),
     )
+    .and_then(proc::Output::checked)
     .unwrap_err();
     assert!(
         format!("{out:#}").contains("Host key verification failed"),

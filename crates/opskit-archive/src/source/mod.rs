@@ -14,8 +14,12 @@ pub mod mysql;
 
 use bson::{Bson, RawDocument};
 use opskit_core::config::ArchiveConfig;
+use opskit_core::error::usage;
 
 use crate::bounds::MonthBounds;
+
+/// The config key of the source's password file, as errors name it.
+pub const PASSWORD_KEY: &str = "archive.source_password_file";
 
 /// Opens the source named by `archive.source_uri` (connecting lazily where the driver allows).
 /// `time_zone` is the writers' zone (`general.timezone`).
@@ -29,7 +33,9 @@ pub fn open(config: &ArchiveConfig, time_zone: &str) -> anyhow::Result<Box<dyn S
     if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") {
         return open_mongodb(config);
     }
-    anyhow::bail!("archive.source_uri `{uri}`: unknown scheme (mongodb:// or mysql://)")
+    Err(usage(format!(
+        "archive.source_uri `{uri}`: unknown scheme (mongodb:// or mysql://)"
+    )))
 }
 
 /// The MongoDB adapter's entry point.

@@ -24,7 +24,10 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database};
 
-use super::{Anomalies, RangeStats, Record, RecordSink, Source};
+use opskit_core::Classify as _;
+use opskit_core::secret::read_secret_file;
+
+use super::{Anomalies, PASSWORD_KEY, RangeStats, Record, RecordSink, Source};
 use crate::bounds::MonthBounds;
 
 /// The pattern of a well-formed date string (see [`crate::bounds::is_well_formed_date`]).
@@ -106,17 +109,17 @@ impl MongoSource {
             .build()
             .context("cannot start the MongoDB adapter's tokio runtime")?;
         let password = match password_file {
-            Some(path) => Some(read_password_file(path).context("archive.source_password_file")?),
+            Some(path) => Some(read_secret_file(path, PASSWORD_KEY)?.expose().to_string()),
             None => None,
         };
         let uri_owned = uri.to_string();
         let parse = async move { ClientOptions::parse(uri_owned).await };
         let mut client_options = block_on_task(&runtime, options.command_timeout, parse)
-            .with_context(|| {
-                format!("archive.source_uri: bad MongoDB URI `{}`", redact_uri(uri))
-            })?;
+            .with_context(|| format!("archive.source_uri: bad MongoDB URI `{}`", redact_uri(uri)))
+            .usage_error()?;
         apply_client_settings(&mut client_options, password, &options)
-            .context("archive.source_uri")?;
+            .context("archive.source_uri")
+            .usage_error()?;
         let description = describe_target(&client_options, database, collection);
         let client = {
             let _guard = runtime.enter();
@@ -516,30 +519,6 @@ where
             Ok(Ok(Ok(value))) => Ok(value),
         }
     })
-}
-
-/// Reads a password file: it must not be readable by group or others; one trailing newline is
-/// not part of the password.
-pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the MongoDB password file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "the MongoDB password file {} has mode {mode:04o}; it must be 0600 (chmod 600 {})",
-            path.display(),
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the MongoDB password file {}", path.display()))?;
-    let password = text.strip_suffix('\n').unwrap_or(&text);
-    let password = password.strip_suffix('\r').unwrap_or(password);
-    if password.is_empty() {
-        bail!("the MongoDB password file {} is empty", path.display());
-    }
-    Ok(password.to_string())
 }
 
 /// Sets the password (into the credential whose user the URI names), the app name and the
@@ -1277,27 +1256,7 @@ mod tests {
     }
 
     #[test]
-    fn the_password_comes_from_a_private_file_into_the_credential() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("opskit-mongo-pw-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("pw");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_password_file(&file).unwrap_err().to_string();
-        assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
-        assert!(!err.contains("s3cret"));
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_password_file(&file).unwrap(), "s3cret");
-        std::fs::write(&file, "\n").unwrap();
-        assert!(
-            read_password_file(&file)
-                .unwrap_err()
-                .to_string()
-                .contains("empty")
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-
+    fn the_password_goes_into_the_credential_the_uri_names() {
         let tuning = MongoSourceOptions::default();
         let mut anonymous = ClientOptions::builder()
             .hosts(vec![ServerAddress::parse("db1:27017").unwrap()])

@@ -10,8 +10,6 @@
 //! wrapped in a timeout. The export is one streaming query through the date index
 //! (`FORCE INDEX`), read row by row, so memory stays flat whatever the month's size.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -20,7 +18,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Value};
 use opskit_core::config::ArchiveConfig;
 
-use super::{Anomalies, RangeStats, Record, RecordSink, Source};
+use opskit_core::error::usage;
+use opskit_core::secret::read_secret_file;
+
+use super::{Anomalies, PASSWORD_KEY, RangeStats, Record, RecordSink, Source};
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentWriter;
 
@@ -71,27 +72,15 @@ pub fn quote_ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
 }
 
-/// Reads a password file: it must exist and be readable by its owner only (mode 0600).
-pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("archive.source_password_file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "archive.source_password_file {} has mode {mode:o}; it holds a secret and must be 0600",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading archive.source_password_file {}", path.display()))?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
-}
-
 impl MysqlSource {
     /// A source for `[archive]` with a `mysql://user@host:port/` URI. Connects lazily.
     pub fn from_config(config: &ArchiveConfig) -> anyhow::Result<MysqlSource> {
         let password = match &config.source_password_file {
-            Some(p) => Some(read_password_file(p.path())?),
+            Some(p) => Some(
+                read_secret_file(p.path(), PASSWORD_KEY)?
+                    .expose()
+                    .to_string(),
+            ),
             None => None,
         };
         let mut source = Self::new(
@@ -117,8 +106,11 @@ impl MysqlSource {
         time_zone: &str,
         timeout: Duration,
     ) -> anyhow::Result<MysqlSource> {
-        let parsed = mysql_async::Opts::from_url(uri)
-            .map_err(|e| anyhow!("archive.source_uri is not a valid mysql:// URI: {e}"))?;
+        let parsed = mysql_async::Opts::from_url(uri).map_err(|e| {
+            usage(format!(
+                "archive.source_uri is not a valid mysql:// URI: {e}"
+            ))
+        })?;
         let described = format!(
             "mysql://{}{}:{}/",
             parsed.user().map(|u| format!("{u}@")).unwrap_or_default(),
@@ -777,22 +769,6 @@ mod tests {
         .unwrap();
         assert_eq!(s.describe(), "mysql://root@127.0.0.1:3307/test.user_logs");
         assert!(!s.describe().contains("secret"));
-    }
-
-    #[test]
-    fn a_world_readable_password_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pw");
-        std::fs::write(&p, "pw\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(
-            read_password_file(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("0600")
-        );
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_password_file(&p).unwrap(), "pw");
     }
 
     #[test]

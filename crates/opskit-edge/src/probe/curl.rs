@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::proc;
+use opskit_core::proc;
 
 /// Which HTTP version the client offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,13 +179,14 @@ impl Client {
         let out = proc::run(&mut cmd, self.timeout + Duration::from_secs(5))?;
         let mut resp = Response {
             curl_exit: out.code.unwrap_or(-1),
-            error: out.stderr.clone(),
+            error: out.stderr_text(),
             ..Response::default()
         };
         if resp.curl_exit != 0 {
             return Ok(resp);
         }
-        let mut parts = out.stdout.split_whitespace();
+        let stdout = out.stdout_text();
+        let mut parts = stdout.split_whitespace();
         resp.status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         resp.http_version = parts.next().unwrap_or("").to_string();
         resp.headers = read_headers(&self.scratch.join("headers"))?;
@@ -230,7 +231,7 @@ impl Client {
         }
         let out = proc::run(&mut cmd, self.timeout + Duration::from_secs(5))?;
         Ok(out
-            .stdout
+            .stdout_text()
             .lines()
             .filter_map(|l| {
                 let mut it = l.split_whitespace();

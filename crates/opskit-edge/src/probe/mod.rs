@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use opskit_core::Classify as _;
 use opskit_core::config::NginxConfig;
 use serde::Serialize;
 
@@ -264,7 +265,7 @@ fn complete_pins(origin: &Origin, pins: &[String]) -> Vec<String> {
 /// Runs the checks and collects their results. `Err` only when the probe itself cannot run
 /// (no curl, bad URL, fixtures cannot be written); a misbehaving server is a failed check.
 pub fn run(cfg: &NginxConfig, opts: &ProbeOptions) -> anyhow::Result<ProbeReport> {
-    let origin = Origin::parse(&opts.url, opts.http_port)?;
+    let origin = Origin::parse(&opts.url, opts.http_port).usage_error()?;
     let scratch = tempfile::Builder::new()
         .prefix("opskit-probe-")
         .tempdir()

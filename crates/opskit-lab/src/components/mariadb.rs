@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use opskit_core::config::Config;
+use opskit_core::proc;
 
 use super::{Endpoint, LOOPBACK, LabContext, Server, config_path, with_free_port, write_file};
-use crate::daemon::{self, Launch, StartError};
+use crate::daemon::{Launch, StartError};
 use crate::state::{LabState, ServerRecord};
 
 /// The MariaDB component.
@@ -163,10 +164,11 @@ fn install_db(ctx: &LabContext, dir: &Path, cnf: &Path) -> Result<()> {
     };
     match template {
         Some(t) => {
-            daemon::run(
+            proc::run(
                 Command::new("cp").arg("-a").arg(&t).arg(&data),
                 INSTALL_TIMEOUT,
             )
+            .and_then(proc::Output::checked)
             .with_context(|| format!("copying the datadir template {}", t.display()))?;
         }
         None => run_install_db(ctx, dir, cnf)?,
@@ -184,7 +186,9 @@ fn run_install_db(ctx: &LabContext, dir: &Path, cnf: &Path) -> Result<()> {
     if ctx.is_root() {
         cmd.arg("--user=root");
     }
-    let out = daemon::run(&mut cmd, INSTALL_TIMEOUT).context("initialising the MariaDB datadir")?;
+    let out = proc::run(&mut cmd, INSTALL_TIMEOUT)
+        .and_then(proc::Output::checked)
+        .context("initialising the MariaDB datadir")?;
     let log = dir.join("install.log");
     std::fs::write(&log, [out.stdout, out.stderr].concat())
         .with_context(|| format!("writing {}", log.display()))
@@ -203,7 +207,7 @@ fn cached_template(ctx: &LabContext) -> Result<Option<PathBuf>> {
     if std::env::var_os(NO_CACHE_ENV).is_some() {
         return Ok(None);
     }
-    let out = daemon::run(Command::new("mariadbd").arg("--version"), CLIENT_TIMEOUT)?;
+    let out = proc::run(Command::new("mariadbd").arg("--version"), CLIENT_TIMEOUT)?.checked()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version: String = text
         .split_whitespace()
@@ -247,13 +251,14 @@ fn cached_template(ctx: &LabContext) -> Result<Option<PathBuf>> {
 }
 
 fn ping(cnf: &Path) -> Result<()> {
-    daemon::run(
+    proc::run(
         Command::new("mariadb-admin")
             .arg(format!("--defaults-file={}", cnf.display()))
             .arg("--connect-timeout=1")
             .arg("ping"),
         Duration::from_secs(5),
-    )?;
+    )?
+    .checked()?;
     Ok(())
 }
 
@@ -304,13 +309,14 @@ impl MariadbServer {
     /// Runs SQL (given on stdin, not in argv) with `mariadb --batch --skip-column-names`
     /// and returns its output: one line per row, tab-separated columns.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        let out = daemon::run_with_input(
+        let out = proc::run_with_input(
             self.client_command()
                 .arg("--batch")
                 .arg("--skip-column-names"),
             Some(sql.as_bytes()),
             CLIENT_TIMEOUT,
         )
+        .and_then(proc::Output::checked)
         .with_context(|| format!("running SQL on the lab MariaDB (port {})", self.port))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

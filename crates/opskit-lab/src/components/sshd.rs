@@ -13,11 +13,12 @@
 //! needs a normal account: sshd refuses locked ones such as `nobody`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use opskit_core::config::Config;
+use opskit_core::proc::{self, Output};
 use opskit_core::config::value::AbsPath;
 
 use super::{
@@ -136,12 +137,13 @@ fn keygen(path: &Path, comment: &str) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_file(path);
-    daemon::run(
+    proc::run(
         Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
             .arg(path),
         KEYGEN_TIMEOUT,
     )
+    .and_then(proc::Output::checked)
     .with_context(|| format!("generating the key {}", path.display()))?;
     Ok(())
 }
@@ -316,13 +318,14 @@ impl SftpServer {
     /// Runs an `sftp -b -` batch (commands on stdin) against the alias; fails with sftp's
     /// output when any command fails.
     pub fn sftp_batch(&self, commands: &str) -> Result<Output> {
-        daemon::run_with_input(
+        proc::run_with_input(
             self.sftp_command()
                 .arg("-b")
                 .arg("-")
                 .arg(&self.host_alias),
             Some(commands.as_bytes()),
             Duration::from_secs(30),
-        )
+        )?
+        .checked()
     }
 }

@@ -8,7 +8,7 @@ use opskit_archive::job::{ArchiveJob, SharedSource};
 use opskit_archive::runbook::{build_plan, observe};
 use opskit_core::config::value::Month;
 use opskit_core::journal::Journal;
-use opskit_core::{ExitStatus, OpsError};
+use opskit_core::{Classify as _, ErrorKind, ExitStatus, OpsError};
 
 use crate::app::App;
 use crate::cli::OutputFormat;
@@ -106,26 +106,29 @@ fn job_for(app: &App, month: Option<Month>) -> ArchiveJob {
     ArchiveJob::new(&app.config, month, &app.state_dir())
 }
 
-/// A source or SSH error before anything changed: exit 3 with the reason.
+/// A source or SSH error before anything changed: exit 3 with the reason (a config error
+/// inside keeps its exit 2).
 fn refused(what: &str, e: anyhow::Error) -> OpsError {
-    OpsError::Refused(format!("{what}: {e:#}"))
+    OpsError::from(
+        e.context(what.to_string())
+            .classify_untagged(ErrorKind::Refused),
+    )
 }
 
-fn usage_if_config(e: anyhow::Error) -> OpsError {
-    let text = format!("{e:#}");
-    if text.contains("archive.source_password_file") || text.contains("archive.source_uri") {
-        OpsError::Usage(text)
-    } else {
-        OpsError::Refused(text)
-    }
+/// Opening the source: a bad URI or password file is exit 2; anything else refuses (exit 3).
+fn open_source(job: &ArchiveJob) -> Result<SharedSource, OpsError> {
+    let source = SharedSource::new(job);
+    source
+        .get()
+        .map_err(|e| OpsError::from(e.classify_untagged(ErrorKind::Refused)))?;
+    Ok(source)
 }
 
 fn plan(app: &App, month: Option<Month>) -> Result<ExitStatus, OpsError> {
     let (job, done) = job_for(app, month)
         .current_pass()
         .map_err(OpsError::Failed)?;
-    let source = SharedSource::new(&job);
-    source.get().map_err(usage_if_config)?;
+    let source = open_source(&job)?;
     let observed = observe(&job, &source).map_err(|e| refused("the source", e))?;
     if let Some(done) = &done
         && observed.stats.count == 0
@@ -197,14 +200,13 @@ fn run_one(app: &App, month: Option<Month>, sweep: bool) -> Result<ExitStatus, O
     if sweep && done.is_none() && !job.journal_path().exists() {
         return Ok(ExitStatus::Success);
     }
-    let source = SharedSource::new(&job);
-    source.get().map_err(usage_if_config)?;
+    let source = open_source(&job)?;
     if let Some(done) = &done {
         // An earlier pass finished this month. Run a late pass only if documents arrived since.
         let journal_exists = job.journal_path().exists();
         if !journal_exists {
             let count = {
-                let mut s = source.get().map_err(usage_if_config)?;
+                let mut s = source.get().map_err(|e| refused("the source", e))?;
                 s.ping()
                     .map_err(|e| refused("the source does not answer", e))?;
                 s.range_stats(&job.bounds)

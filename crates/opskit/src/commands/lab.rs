@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use opskit_core::{ExitStatus, OpsError};
-use opskit_lab::{Component, Refusal, UpAction};
+use opskit_lab::{Component, UpAction};
 
 use crate::cli::{GlobalArgs, OutputFormat};
 
@@ -67,13 +67,6 @@ fn component_parser() -> impl clap::builder::TypedValueParser<Value = Component>
         .map(|s| s.parse::<Component>().expect("a registered component"))
 }
 
-fn failed(e: anyhow::Error) -> OpsError {
-    match e.downcast::<Refusal>() {
-        Ok(r) => OpsError::Refused(r.0),
-        Err(e) => OpsError::Failed(e),
-    }
-}
-
 /// Runs `opskit lab`.
 pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
     let json = global.output == OutputFormat::Json;
@@ -81,7 +74,7 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
         LabAction::Up { dir, only } => {
             let exe = std::env::current_exe().ok();
             let report = opskit_lab::up(&dir.dir, &only, exe).map_err(|e| {
-                failed(e.context(format!(
+                OpsError::from(e.context(format!(
                     "opskit lab up (servers that did start keep running: `opskit lab status --dir \
                      {0}`; stop them with `opskit lab down --dir {0}`)",
                     dir.dir.display()
@@ -110,7 +103,7 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
             Ok(ExitStatus::Success)
         }
         LabAction::Down { dir, purge } => {
-            let report = opskit_lab::down(&dir.dir, purge).map_err(failed)?;
+            let report = opskit_lab::down(&dir.dir, purge)?;
             if json {
                 print_json(&report);
             } else {
@@ -130,7 +123,7 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
             Ok(ExitStatus::Success)
         }
         LabAction::Status { dir } => {
-            let report = opskit_lab::status(&dir.dir).map_err(failed)?;
+            let report = opskit_lab::status(&dir.dir)?;
             if json {
                 print_json(&report);
             } else if report.servers.is_empty() {

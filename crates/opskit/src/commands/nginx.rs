@@ -177,8 +177,7 @@ fn check_cmd(a: CheckArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
             let s = with_version(settings, a.nginx_version.as_deref(), true)?;
             check::check_rendered(nginx, &render::render(&s))
         }
-    }
-    .map_err(OpsError::Failed)?;
+    }?;
     match app.output {
         OutputFormat::Json => println!(
             "{}",
@@ -242,7 +241,7 @@ fn probe_options(t: &ProbeTargetArgs, settings: &NginxConfig) -> Result<ProbeOpt
 
 fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
     let opts = probe_options(&a.target, settings)?;
-    let report = probe::run(settings, &opts).map_err(|e| OpsError::Usage(format!("{e:#}")))?;
+    let report = probe::run(settings, &opts)?;
     match app.output {
         OutputFormat::Json => println!(
             "{}",
