@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use bson::Bson;
-use opskit_core::engine::StepContext;
+use opskit_core::plan::StepContext;
 use opskit_core::plan::{Plan, StepAction, StepError, StepResult, StepSpec};
 use serde::{Deserialize, Serialize};
 

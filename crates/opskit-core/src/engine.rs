@@ -18,65 +18,8 @@ use chrono::{DateTime, Utc};
 use crate::alert::{AlertPayload, Alerter};
 use crate::journal::{Event, Journal, Outcome};
 use crate::metrics::{MetricsWriter, RunMetrics};
-use crate::plan::{Plan, StepError};
-use crate::progress::Progress;
+use crate::plan::{Plan, StepContext, StepError};
 use crate::util;
-
-/// What a step can see and record while it runs.
-pub struct StepContext<'a> {
-    run_key: &'a str,
-    state_dir: &'a Path,
-    done: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
-    recorded: BTreeMap<String, serde_json::Value>,
-    counters: &'a mut BTreeMap<String, f64>,
-    progress_enabled: bool,
-    resumed: bool,
-}
-
-impl<'a> StepContext<'a> {
-    /// Records a value in this step's journal entry, visible to later steps and resumed runs.
-    pub fn record(&mut self, key: &str, value: impl serde::Serialize) {
-        self.recorded.insert(
-            key.to_string(),
-            serde_json::to_value(value).expect("recorded values serialize"),
-        );
-    }
-
-    /// A value recorded by an earlier, completed step.
-    pub fn recorded(&self, step: &str, key: &str) -> Option<&serde_json::Value> {
-        self.done.get(step).and_then(|d| d.get(key))
-    }
-
-    /// Adds to a run counter; it is written to the metrics file as `opskit_<runbook>_<name>`.
-    pub fn count(&mut self, name: &str, value: f64) {
-        *self.counters.entry(name.to_string()).or_insert(0.0) += value;
-    }
-
-    /// Sets a run gauge (overwrites), written like counters.
-    pub fn gauge(&mut self, name: &str, value: f64) {
-        self.counters.insert(name.to_string(), value);
-    }
-
-    /// A progress reporter (a bar on a TTY, periodic log lines otherwise).
-    pub fn progress(&self, label: &str, total: Option<u64>, unit: &'static str) -> Progress {
-        Progress::new(label, total, unit, self.progress_enabled)
-    }
-
-    /// The run key.
-    pub fn run_key(&self) -> &str {
-        self.run_key
-    }
-
-    /// The state directory.
-    pub fn state_dir(&self) -> &Path {
-        self.state_dir
-    }
-
-    /// True when this step was started by an earlier invocation that did not finish it.
-    pub fn resumed(&self) -> bool {
-        self.resumed
-    }
-}
 
 /// How the engine runs.
 pub struct EngineOptions<'a> {
@@ -305,15 +248,14 @@ impl Runner<'_> {
 
     /// A context for step `resumed`-ness and the shared run data.
     fn context(&mut self, resumed: bool) -> StepContext<'_> {
-        StepContext {
-            run_key: &self.plan.run_key,
-            state_dir: &self.opts.state_dir,
-            done: &self.done,
-            recorded: BTreeMap::new(),
-            counters: &mut self.report.counters,
-            progress_enabled: self.opts.progress,
+        StepContext::new(
+            &self.plan.run_key,
+            &self.opts.state_dir,
+            &self.done,
+            &mut self.report.counters,
+            self.opts.progress,
             resumed,
-        }
+        )
     }
 
     /// precondition → action → verification of step `i`; returns what it recorded.
@@ -332,7 +274,7 @@ impl Runner<'_> {
                 action.execute(&mut cx)
             })
             .and_then(|()| action.verify(&mut cx));
-        let recorded = std::mem::take(&mut cx.recorded);
+        let recorded = cx.take_recorded();
         self.plan.steps[i].action = action;
         result.map(|()| recorded)
     }

@@ -5,11 +5,13 @@
 //! prints it ([`Plan::render_text`], or JSON through [`Plan::describe`]); the
 //! [`engine`](crate::engine) executes it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::StepContext;
+use crate::progress::Progress;
 
 /// The printable description of one step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,6 +74,87 @@ impl StepSpec {
     pub fn point_of_no_return(mut self) -> Self {
         self.point_of_no_return = true;
         self
+    }
+}
+
+/// What a step can see and record while it runs.
+pub struct StepContext<'a> {
+    run_key: &'a str,
+    state_dir: &'a Path,
+    done: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    recorded: BTreeMap<String, serde_json::Value>,
+    counters: &'a mut BTreeMap<String, f64>,
+    progress_enabled: bool,
+    resumed: bool,
+}
+
+impl<'a> StepContext<'a> {
+    /// The context the engine hands a step.
+    pub(crate) fn new(
+        run_key: &'a str,
+        state_dir: &'a Path,
+        done: &'a BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+        counters: &'a mut BTreeMap<String, f64>,
+        progress_enabled: bool,
+        resumed: bool,
+    ) -> StepContext<'a> {
+        StepContext {
+            run_key,
+            state_dir,
+            done,
+            recorded: BTreeMap::new(),
+            counters,
+            progress_enabled,
+            resumed,
+        }
+    }
+
+    /// What the step recorded (taken once the step ends).
+    pub(crate) fn take_recorded(&mut self) -> BTreeMap<String, serde_json::Value> {
+        std::mem::take(&mut self.recorded)
+    }
+
+    /// Records a value in this step's journal entry, visible to later steps and resumed runs.
+    pub fn record(&mut self, key: &str, value: impl serde::Serialize) {
+        self.recorded.insert(
+            key.to_string(),
+            serde_json::to_value(value).expect("recorded values serialize"),
+        );
+    }
+
+    /// A value recorded by an earlier, completed step.
+    pub fn recorded(&self, step: &str, key: &str) -> Option<&serde_json::Value> {
+        self.done.get(step).and_then(|d| d.get(key))
+    }
+
+    /// Adds to a run counter; it is written to the metrics file as `opskit_<runbook>_<name>`.
+    pub fn count(&mut self, name: &str, value: f64) {
+        *self.counters.entry(name.to_string()).or_insert(0.0) += value;
+    }
+
+    /// Sets a run gauge (overwrites), written like counters.
+    pub fn gauge(&mut self, name: &str, value: f64) {
+        self.counters.insert(name.to_string(), value);
+    }
+
+    /// A progress reporter (a bar on a TTY, periodic log lines otherwise).
+    pub fn progress(&self, label: &str, total: Option<u64>, unit: &'static str) -> Progress {
+        Progress::new(label, total, unit, self.progress_enabled)
+    }
+
+    /// The run key.
+    pub fn run_key(&self) -> &str {
+        self.run_key
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir
+    }
+
+    /// True when this step was started by an earlier invocation that did not finish it.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 }
 

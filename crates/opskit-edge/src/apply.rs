@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 pub use chrono::{DateTime, Utc};
 use opskit_core::config::NginxConfig;
-use opskit_core::engine::StepContext;
+use opskit_core::plan::StepContext;
 use opskit_core::plan::{Plan, StepAction, StepError, StepResult, StepSpec};
 use sha2::{Digest, Sha256};
 

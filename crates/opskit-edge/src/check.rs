@@ -93,7 +93,7 @@ pub fn installed_version(nginx: &Path) -> anyhow::Result<(u32, u32, u32)> {
         .split("nginx/")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(opskit_core::config::value::parse_nginx_version)
+        .and_then(opskit_core::config::nginx::parse_nginx_version)
         .with_context(|| format!("`{} -v` printed no version: {text}", nginx.display()))?;
     Ok(v)
 }

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use opskit_core::config::NginxConfig;
-use opskit_core::config::value::{BotHostHeader, LandingFallback, listen_port};
+use opskit_core::config::nginx::{BotHostHeader, LandingFallback, listen_port};
 
 /// A `(major, minor, patch)` nginx version.
 pub type Version = (u32, u32, u32);

@@ -3,7 +3,7 @@
 //! a warning alone fails the check, and a config for a newer nginx fails on this one.
 
 use opskit_core::config::NginxConfig;
-use opskit_core::config::value::{BotHostHeader, LandingFallback};
+use opskit_core::config::nginx::{BotHostHeader, LandingFallback};
 use opskit_edge::check::{self, installed_version};
 use opskit_edge::render;
 use opskit_edge::rig::{EdgeRig, RigLayout};

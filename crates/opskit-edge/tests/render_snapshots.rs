@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use opskit_core::config::NginxConfig;
-use opskit_core::config::value::{BotHostHeader, LandingFallback, Rate};
+use opskit_core::config::nginx::{BotHostHeader, LandingFallback};
+use opskit_core::config::value::Rate;
 use opskit_edge::render;
 
 fn snapshot(name: &str, text: &str) {

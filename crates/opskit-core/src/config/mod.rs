@@ -4,12 +4,12 @@
 //! exists, else the built-in defaults. Unknown keys, wrong types and bad values are rejected with
 //! the file, line, key and reason ([`ConfigError`]).
 
-mod alert;
-mod archive;
-mod firewall;
-mod general;
-mod mysql;
-mod nginx;
+pub mod alert;
+pub mod archive;
+pub mod firewall;
+pub mod general;
+pub mod mysql;
+pub mod nginx;
 pub mod value;
 
 use std::fmt;

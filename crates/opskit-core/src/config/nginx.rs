@@ -10,8 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::value::{AbsPath, BotHostHeader, DomainName, LandingFallback, Rate};
-pub use super::value::{listen_port, parse_nginx_version};
+use super::value::{AbsPath, DomainName, Rate};
 
 /// The nginx edge's settings; the renderer turns them into a complete config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -471,6 +470,70 @@ impl NginxConfig {
             }
         }
         Ok(())
+    }
+}
+
+// ---- value types of [nginx] only ----
+
+/// D4: which `Host` header the bot upstream receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BotHostHeader {
+    /// `Host: <bot_upstream>`, matching SNI and the upstream certificate (default).
+    Upstream,
+    /// `Host: $host` (the site's name), for a bot server that renders by Host.
+    Site,
+}
+
+/// D7: how the last `try_files` fallback reaches `/api/landing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandingFallback {
+    /// Internal redirect to the URI `/api/landing?args`: shares the API rate limit (default).
+    Uri,
+    /// A named location `@landing` with its own FastCGI block and no rate limit.
+    Named,
+}
+
+/// Parses `X.Y` or `X.Y.Z` into `(major, minor, patch)`.
+pub fn parse_nginx_version(s: &str) -> Option<(u32, u32, u32)> {
+    let parts: Vec<&str> = s.trim().split('.').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return None;
+    }
+    let num = |p: &str| -> Option<u32> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    Some((
+        num(parts[0])?,
+        num(parts[1])?,
+        num(parts.get(2).unwrap_or(&"0"))?,
+    ))
+}
+
+/// Checks a listen value: `PORT`, `IPv4:PORT` or `[IPv6]:PORT`; returns the port.
+pub fn listen_port(s: &str) -> Result<u16, String> {
+    let port = match s.rsplit_once(':') {
+        None => s,
+        Some((addr, port)) => {
+            let addr_ok = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => addr.parse::<std::net::Ipv4Addr>().is_ok(),
+            };
+            if !addr_ok {
+                return Err(format!(
+                    "`{s}`: the address must be an IPv4 address or [IPv6] address"
+                ));
+            }
+            port
+        }
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{s}`: the port must be 1-65535")),
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use opskit_core::engine::StepContext;
+use opskit_core::plan::StepContext;
 use opskit_core::plan::{Plan, StepAction, StepError, StepResult, StepSpec};
 
 /// A step that appends its id to `<dir>/trace` on start and on undo, optionally blocks while

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use opskit_core::config::value::LandingFallback;
+use opskit_core::config::nginx::LandingFallback;
 
 use super::Probe;
 use super::curl::{Alpn, Request, Response};
@@ -330,10 +330,10 @@ impl Probe<'_> {
             return Ok(());
         };
         let want_host = match self.cfg.bot_host_header {
-            opskit_core::config::value::BotHostHeader::Upstream => {
+            opskit_core::config::nginx::BotHostHeader::Upstream => {
                 self.cfg.bot_upstream.to_string()
             }
-            opskit_core::config::value::BotHostHeader::Site => self.origin.host.clone(),
+            opskit_core::config::nginx::BotHostHeader::Site => self.origin.host.clone(),
         };
         let sni = r.header("x-echo-sni").unwrap_or("").to_string();
         let uri = r.header("x-echo-uri").unwrap_or("").to_string();

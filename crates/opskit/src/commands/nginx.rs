@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use opskit_core::config::NginxConfig;
-use opskit_core::config::value::parse_nginx_version;
+use opskit_core::config::nginx::parse_nginx_version;
 use opskit_core::{ExitStatus, OpsError};
 use opskit_edge::apply::{self, Deploy};
 use opskit_edge::probe::{self, Group, ProbeOptions};
