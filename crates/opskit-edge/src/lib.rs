@@ -5,8 +5,9 @@
 //! - [`probe`]: checks a live server against every behaviour of spec §2 (drives `curl`).
 //! - [`apply`]: the deploy plan: backup → write → `nginx -t` → reload → probe, rolled back by
 //!   the engine when any step fails.
-//! - [`rig`]: starts a real nginx + php-fpm + bot upstream with fixtures in one directory, for
-//!   the lab and the tests.
+//!
+//! The real edge the tests and the drill run against (nginx, php-fpm, a bot upstream) is the
+//! lab's `nginx` component (`opskit-lab`).
 
 #![warn(missing_docs)]
 
@@ -15,4 +16,3 @@ pub mod check;
 pub mod probe;
 
 pub mod render;
-pub mod rig;

@@ -9,7 +9,8 @@ use opskit_core::engine::{self, EngineOptions, RunOutcome};
 use opskit_edge::apply::{self, Deploy};
 use opskit_edge::probe::{self, Group, ProbeOptions};
 use opskit_edge::render;
-use opskit_edge::rig::{BOT_MARKER, EdgeRig, RigLayout};
+use opskit_lab::components::nginx::files::RigLayout;
+use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 
 fn probe_options(settings: &NginxConfig) -> ProbeOptions {
     let mut o = ProbeOptions::from_settings(settings);
@@ -30,11 +31,11 @@ fn deploy(state: &Path, new: &NginxConfig) -> engine::RunReport {
     engine::run(apply::plan(&d, now), &opts).unwrap()
 }
 
-fn live_config(rig: &EdgeRig) -> String {
+fn live_config(rig: &EdgeServer) -> String {
     std::fs::read_to_string(rig.settings.config_path.path()).unwrap()
 }
 
-fn still_serving(rig: &EdgeRig) {
+fn still_serving(rig: &EdgeServer) {
     let report = probe::run(&rig.settings, &probe_options(&rig.settings)).unwrap();
     assert!(
         report.passed(),
@@ -50,8 +51,11 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .tempdir()
         .unwrap();
     let state = tempfile::tempdir().unwrap();
-    let layout = RigLayout::with_free_ports(dir.path()).unwrap();
-    let rig = EdgeRig::start(layout, &NginxConfig::default()).unwrap();
+    let lab = LabBuilder::new(dir.path().join("lab"))
+        .with(Component::Nginx)
+        .up()
+        .unwrap();
+    let rig: EdgeServer = lab.view().unwrap();
     let original = live_config(&rig);
 
     // A good change (burst 2) goes live.

@@ -6,16 +6,19 @@ use opskit_core::config::NginxConfig;
 use opskit_core::config::nginx::{BotHostHeader, LandingFallback};
 use opskit_edge::check::{self, installed_version};
 use opskit_edge::render;
-use opskit_edge::rig::{EdgeRig, RigLayout};
+use opskit_lab::{Component, EdgeServer, Lab, LabBuilder};
 
-fn rig() -> (tempfile::TempDir, EdgeRig) {
+fn rig() -> (tempfile::TempDir, Lab, EdgeServer) {
     let dir = tempfile::Builder::new()
         .prefix("opskit-check-test-")
         .tempdir()
         .unwrap();
-    let layout = RigLayout::with_free_ports(dir.path()).unwrap();
-    let rig = EdgeRig::start(layout, &NginxConfig::default()).unwrap();
-    (dir, rig)
+    let lab = LabBuilder::new(dir.path().join("lab"))
+        .with(Component::Nginx)
+        .up()
+        .unwrap();
+    let edge = lab.view().unwrap();
+    (dir, lab, edge)
 }
 
 fn nginx() -> std::path::PathBuf {
@@ -23,7 +26,7 @@ fn nginx() -> std::path::PathBuf {
 }
 
 /// The rig's settings with every alternative of D2–D13 switched on.
-fn alternatives(rig: &EdgeRig) -> NginxConfig {
+fn alternatives(rig: &EdgeServer) -> NginxConfig {
     let mut c = rig.settings.clone();
     c.bot_keyword_space_optional = true;
     c.bot_rate_limited = true;
@@ -50,7 +53,7 @@ fn alternatives(rig: &EdgeRig) -> NginxConfig {
 
 #[test]
 fn default_and_alternative_configs_pass_nginx_t_without_warnings() {
-    let (_dir, rig) = rig();
+    let (_dir, _lab, rig) = rig();
     for (what, settings) in [
         ("default", rig.settings.clone()),
         ("alternatives", alternatives(&rig)),
@@ -63,7 +66,7 @@ fn default_and_alternative_configs_pass_nginx_t_without_warnings() {
 
 #[test]
 fn a_warning_alone_fails_the_check() {
-    let (_dir, rig) = rig();
+    let (_dir, _lab, rig) = rig();
     // Stapling with a certificate that names no OCSP responder: nginx -t exits 0 with a [warn].
     let mut s = alternatives(&rig);
     s.ocsp_stapling = true;
@@ -76,7 +79,7 @@ fn a_warning_alone_fails_the_check() {
 
 #[test]
 fn syntax_for_a_newer_nginx_fails_on_the_installed_one() {
-    let (_dir, rig) = rig();
+    let (_dir, _lab, rig) = rig();
     let (major, minor, _) = installed_version(&nginx()).unwrap();
     assert!(
         (major, minor) < (1, 25),

@@ -1,20 +1,22 @@
-//! The probe against a real edge (nginx + php-fpm + bot upstream) started by the rig.
+//! The probe against a real edge (nginx + php-fpm + bot upstream) started by the lab.
 
-use opskit_core::config::NginxConfig;
 use opskit_edge::probe::{self, ProbeOptions, Verdict};
-use opskit_edge::rig::{BOT_MARKER, EdgeRig, RigLayout};
+use opskit_lab::{BOT_MARKER, Component, EdgeServer, Lab, LabBuilder};
 
-fn start_rig(base: &NginxConfig) -> (tempfile::TempDir, EdgeRig) {
+fn start_rig() -> (tempfile::TempDir, Lab, EdgeServer) {
     let dir = tempfile::Builder::new()
         .prefix("opskit-edge-test-")
         .tempdir()
         .unwrap();
-    let layout = RigLayout::with_free_ports(dir.path()).unwrap();
-    let rig = EdgeRig::start(layout, base).unwrap();
-    (dir, rig)
+    let lab = LabBuilder::new(dir.path().join("lab"))
+        .with(Component::Nginx)
+        .up()
+        .unwrap();
+    let edge = lab.view().unwrap();
+    (dir, lab, edge)
 }
 
-fn options(rig: &EdgeRig) -> ProbeOptions {
+fn options(rig: &EdgeServer) -> ProbeOptions {
     let mut o = ProbeOptions::from_settings(&rig.settings);
     o.bot_marker = Some(BOT_MARKER.into());
     o.stage_fixtures = true;
@@ -24,7 +26,7 @@ fn options(rig: &EdgeRig) -> ProbeOptions {
 
 #[test]
 fn every_check_passes_against_the_lab() {
-    let (_dir, rig) = start_rig(&NginxConfig::default());
+    let (_dir, _lab, rig) = start_rig();
     let report = probe::run(&rig.settings, &options(&rig)).unwrap();
     print!("{}", report.render_table());
     assert!(report.passed(), "failed: {:?}", report.failed());
@@ -42,7 +44,7 @@ fn every_check_passes_against_the_lab() {
 /// Reloads the lab edge with a deliberately broken variant of the rendered config and checks
 /// that exactly the right probe check notices.
 fn assert_breakage_is_caught(
-    rig: &EdgeRig,
+    rig: &EdgeServer,
     from: &str,
     to: &str,
     groups: &[probe::Group],
@@ -68,7 +70,7 @@ fn assert_breakage_is_caught(
 #[test]
 fn the_right_checks_fail_against_broken_configs() {
     use probe::Group;
-    let (_dir, rig) = start_rig(&NginxConfig::default());
+    let (_dir, _lab, rig) = start_rig();
     // Upstream TLS is verified: trusting the public CAs instead of the lab CA makes nginx
     // refuse bot.ipo.com's certificate, so bots get 502 instead of the upstream's answer.
     let report = assert_breakage_is_caught(
@@ -126,11 +128,10 @@ fn the_right_checks_fail_against_broken_configs() {
 
 #[test]
 fn a_configured_burst_is_what_the_rate_checks_expect() {
-    let base = NginxConfig {
-        api_burst: 2,
-        ..NginxConfig::default()
-    };
-    let (_dir, rig) = start_rig(&base);
+    let (_dir, _lab, mut rig) = start_rig();
+    rig.settings.api_burst = 2;
+    rig.reload_with(&opskit_edge::render::render(&rig.settings))
+        .unwrap();
     assert!(
         std::fs::read_to_string(rig.layout.edge_conf())
             .unwrap()
@@ -142,7 +143,7 @@ fn a_configured_burst_is_what_the_rate_checks_expect() {
     print!("{}", report.render_table());
     assert!(report.passed(), "failed: {:?}", report.failed());
     // The same server judged as if burst were 0 fails the exact 429 check.
-    let strict = NginxConfig {
+    let strict = opskit_core::config::NginxConfig {
         api_burst: 0,
         ..rig.settings.clone()
     };

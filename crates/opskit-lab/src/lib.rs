@@ -53,6 +53,8 @@ pub mod webhook;
 
 pub use components::Component;
 pub use components::mariadb::MariadbServer;
+pub use components::nginx::EdgeServer;
+pub use components::nginx::files::BOT_MARKER;
 pub use components::sshd::SftpServer;
 pub use components::webhook::WebhookReceiver;
 pub use lab::{

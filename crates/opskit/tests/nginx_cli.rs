@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use opskit_core::config::Config;
-use opskit_edge::rig::{BOT_MARKER, EdgeRig, RigLayout};
+use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 
 fn opskit(config: &Path) -> Command {
     let mut cmd = Command::cargo_bin("opskit").unwrap();
@@ -128,8 +128,11 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
         .prefix("opskit-cli-probe-")
         .tempdir()
         .unwrap();
-    let layout = RigLayout::with_free_ports(&dir.path().join("lab")).unwrap();
-    let rig = EdgeRig::start(layout, &Default::default()).unwrap();
+    let lab = LabBuilder::new(dir.path().join("lab"))
+        .with(Component::Nginx)
+        .up()
+        .unwrap();
+    let rig: EdgeServer = lab.view().unwrap();
     let config = Config {
         nginx: rig.settings.clone(),
         ..Config::default()
@@ -169,7 +172,7 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
         .collect();
     assert!(failed.contains(&"redirect.301_path_query"), "{failed:?}");
     assert!(!failed.iter().any(|n| n.starts_with("tls.")), "{failed:?}");
-    drop(rig);
+    lab.down().unwrap();
 }
 
 #[test]
@@ -178,8 +181,11 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         .prefix("opskit-cli-apply-")
         .tempdir()
         .unwrap();
-    let layout = RigLayout::with_free_ports(&dir.path().join("lab")).unwrap();
-    let rig = EdgeRig::start(layout, &Default::default()).unwrap();
+    let lab = LabBuilder::new(dir.path().join("lab"))
+        .with(Component::Nginx)
+        .up()
+        .unwrap();
+    let rig: EdgeServer = lab.view().unwrap();
     let state = dir.path().join("state");
     let apply = |nginx: &opskit_core::config::NginxConfig| {
         let mut config = Config {
@@ -228,5 +234,5 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
         live
     );
-    drop(rig);
+    lab.down().unwrap();
 }

@@ -1,16 +1,20 @@
 //! The ipo.com edge of spec §2 as lab servers: php-fpm on a unix socket in the lab, a bot
 //! upstream (`bot.ipo.com`, its own certificate from the lab CA) and nginx running the config
 //! `opskit nginx render` produces, with every path rebased into `<lab>/nginx` and loopback
-//! ports. The files (PKI, `/www` fixtures, configs) come from `opskit_edge::rig`, the same
-//! code the edge's own tests use. `opskit.toml` gets the rebased `[nginx]` section, so
-//! `opskit nginx check|apply|probe` work against the lab as they would on the host.
+//! ports. The files (PKI, `/www` fixtures, configs) are written by [`files`]; the three
+//! processes are started and stopped by the lab's `daemon` like every lab server.
+//! `opskit.toml` gets the rebased `[nginx]` section, so `opskit nginx check|apply|probe` work
+//! against the lab as they would on the host; tests reach it through [`EdgeServer`].
+
+pub mod files;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use opskit_core::config::{Config, NginxConfig};
-use opskit_edge::rig::{self, RigLayout};
+use files::RigLayout;
+use opskit_core::proc;
 
 use super::{Endpoint, LabContext, Server, config_path, tcp_connect};
 use crate::daemon::Launch;
@@ -56,12 +60,12 @@ fn nginx_launch(name: &str, prefix: PathBuf, conf: PathBuf) -> Launch {
 impl Server for Nginx {
     fn start(&self, ctx: &LabContext, previous: &[ServerRecord]) -> Result<Vec<ServerRecord>> {
         let l = layout(ctx, previous)?;
-        let settings = rig::prepare(&l, &NginxConfig::default())?;
+        let settings = files::prepare(&l, &NginxConfig::default())?;
         let socket = l.php_fpm_socket();
         let _ = std::fs::remove_file(&socket);
         let fpm = Launch::new(
             "php-fpm",
-            rig::php_fpm_binary()?,
+            files::php_fpm_binary()?,
             l.dir.join("run/php-fpm.stdout.log"),
         )
         .arg("-F")
@@ -105,7 +109,7 @@ impl Server for Nginx {
             ("nginx_version", settings.nginx_version.clone()),
             ("dir", config_path(&l.dir)?.to_string()),
             ("url", settings.probe_url.clone()),
-            ("bot_marker", rig::BOT_MARKER.to_string()),
+            ("bot_marker", files::BOT_MARKER.to_string()),
         ] {
             edge.details.insert(k.into(), v);
         }
@@ -153,6 +157,25 @@ impl EdgeServer {
             settings,
             bot_marker: r.detail("bot_marker")?.to_string(),
         })
+    }
+}
+
+impl EdgeServer {
+    /// Replaces the edge's config with `text` and reloads nginx (`nginx -s reload`, as an
+    /// operator would), then waits for the new workers (tests of broken configs).
+    pub fn reload_with(&self, text: &str) -> Result<()> {
+        let conf = self.layout.edge_conf();
+        std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
+        let mut cmd = std::process::Command::new(self.settings.nginx_binary.path());
+        cmd.arg("-p")
+            .arg(self.layout.edge_prefix())
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "reload"]);
+        proc::run(&mut cmd, START_TIMEOUT)?.checked()?;
+        // The master re-reads the config and replaces its workers asynchronously.
+        std::thread::sleep(Duration::from_millis(700));
+        Ok(())
     }
 }
 

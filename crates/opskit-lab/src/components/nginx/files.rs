@@ -1,26 +1,22 @@
-//! A real edge on loopback: nginx with the rendered config (paths rebased into one
-//! directory), php-fpm on a unix socket in that directory, a bot upstream (a second nginx)
-//! with its own certificate from a lab CA, and `/www` fixtures.
-//!
-//! [`EdgeRig::start`] is what `opskit lab up` and the tests use. Every process is started
-//! daemonized with its pid file inside the directory; [`EdgeRig::stop`] (and drop) stops them
-//! by those pids only.
+//! The files of the lab's edge: the rendered config (paths rebased into one directory),
+//! php-fpm's config and socket path, a bot upstream (a second nginx) with its own certificate
+//! from a lab CA, and the `/www` fixtures. The processes are started by the component
+//! ([`super::Nginx`]) through the lab's `daemon`, like every lab server.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use opskit_core::config::NginxConfig;
-use serde::{Deserialize, Serialize};
-
-use crate::{check, render};
 use opskit_core::proc;
+use opskit_edge::{check, render};
+use serde::{Deserialize, Serialize};
 
 /// Header the lab's bot upstream puts on every response (`--bot-marker`).
 pub const BOT_MARKER: &str = "X-Bot-Upstream: lab";
-/// Time limit of every start/stop command.
+/// Time limit of every helper command (openssl, gzip).
 const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the rig's pieces live and listen.
@@ -142,158 +138,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// A running edge rig; stopped on drop.
-pub struct EdgeRig {
-    /// Where everything lives.
-    pub layout: RigLayout,
-    /// The settings the edge was rendered from (paths rebased).
-    pub settings: NginxConfig,
-    stopped: bool,
-}
-
-impl EdgeRig {
-    /// Creates the directory tree, PKI, fixtures and configs, then starts php-fpm, the bot
-    /// upstream and the edge nginx. `base` gives the behaviour settings (burst, headers...).
-    pub fn start(layout: RigLayout, base: &NginxConfig) -> anyhow::Result<EdgeRig> {
-        let settings = prepare(&layout, base)?;
-        let mut rig = EdgeRig {
-            layout,
-            settings,
-            stopped: false,
-        };
-        rig.start_processes().inspect_err(|_| rig.stop_quietly())?;
-        Ok(rig)
-    }
-
-    fn start_processes(&mut self) -> anyhow::Result<()> {
-        let l = self.layout.clone();
-        run_ok(
-            Command::new(php_fpm_binary()?)
-                .arg("-y")
-                .arg(l.php_fpm_conf()),
-        )?;
-        wait_for(&l.php_fpm_socket(), "php-fpm's socket")?;
-        self.nginx(
-            &["-p", &l.path("bot").to_string_lossy(), "-c"],
-            &l.bot_conf(),
-        )?;
-        wait_for(&l.path("bot/nginx.pid"), "the bot upstream's pid file")?;
-        self.nginx(
-            &["-p", &l.path("edge").to_string_lossy(), "-c"],
-            &l.edge_conf(),
-        )?;
-        wait_for(&l.path("edge/nginx.pid"), "the edge's pid file")?;
-        Ok(())
-    }
-
-    fn nginx(&self, args: &[&str], conf: &Path) -> anyhow::Result<()> {
-        let mut cmd = Command::new(self.settings.nginx_binary.path());
-        cmd.args(args).arg(conf).arg("-e").arg(
-            conf.parent()
-                .unwrap_or(Path::new("/"))
-                .join("logs/error.log"),
-        );
-        run_ok(&mut cmd)
-    }
-
-    /// Replaces the edge's config with `text` and reloads it (for tests of broken configs).
-    pub fn reload_with(&self, text: &str) -> anyhow::Result<()> {
-        let conf = self.layout.path("edge/nginx.conf");
-        std::fs::write(&conf, text)?;
-        let mut cmd = Command::new(self.settings.nginx_binary.path());
-        cmd.arg("-p")
-            .arg(self.layout.path("edge"))
-            .arg("-c")
-            .arg(&conf)
-            .args(["-s", "reload"]);
-        run_ok(&mut cmd)?;
-        // The master re-reads the config and replaces its workers asynchronously.
-        std::thread::sleep(Duration::from_millis(700));
-        Ok(())
-    }
-
-    /// Stops every process of the rig (by the pids in its own pid files).
-    pub fn stop(&mut self) -> anyhow::Result<()> {
-        self.stopped = true;
-        let mut errors = Vec::new();
-        for pid_file in ["edge/nginx.pid", "bot/nginx.pid", "run/php-fpm.pid"] {
-            if let Err(e) = stop_by_pid_file(&self.layout.path(pid_file)) {
-                errors.push(format!("{e:#}"));
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            bail!("stopping the rig: {}", errors.join("; "))
-        }
-    }
-
-    fn stop_quietly(&mut self) {
-        if let Err(e) = self.stop() {
-            tracing::warn!("{e:#}");
-        }
-    }
-}
-
-impl Drop for EdgeRig {
-    fn drop(&mut self) {
-        if !self.stopped {
-            self.stop_quietly();
-        }
-    }
-}
-
-fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
-    proc::run(cmd, CMD_TIMEOUT)?.checked()?;
-    Ok(())
-}
-
-fn wait_for(path: &Path, what: &str) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if path.exists()
-            && std::fs::metadata(path)
-                .map(|m| m.len() > 0 || !m.is_file())
-                .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{what} ({}) did not appear within 10 s", path.display())
-}
-
-/// Sends SIGTERM to the pid in `pid_file`, waits up to 5 s, then SIGKILL.
-pub fn stop_by_pid_file(pid_file: &Path) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(pid_file) else {
-        return Ok(());
-    };
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("{} holds no pid", pid_file.display()))?;
-    if pid <= 1 {
-        bail!(
-            "{} holds pid {pid}; refusing to signal it",
-            pid_file.display()
-        );
-    }
-    // SAFETY: kill(2) with a pid read from our own pid file; no memory is involved.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let start = Instant::now();
-    // SAFETY: signal 0 only tests for existence.
-    while unsafe { libc::kill(pid, 0) } == 0 {
-        if start.elapsed() > Duration::from_secs(5) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(pid_file);
-    Ok(())
-}
-
 /// The installed php-fpm binary.
 pub fn php_fpm_binary() -> anyhow::Result<PathBuf> {
     for candidate in [
@@ -345,7 +189,8 @@ fn prepare_tree(l: &RigLayout) -> anyhow::Result<()> {
 fn openssl(args: &[&str], cwd: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("openssl");
     cmd.args(args).current_dir(cwd);
-    run_ok(&mut cmd)
+    proc::run(&mut cmd, CMD_TIMEOUT)?.checked()?;
+    Ok(())
 }
 
 fn make_pki(l: &RigLayout, s: &NginxConfig) -> anyhow::Result<()> {
@@ -423,7 +268,7 @@ echo json_encode(['page' => 'landing', 'query' => $_SERVER['QUERY_STRING'] ?? ''
 "#;
 
 fn write_fixtures(l: &RigLayout) -> anyhow::Result<()> {
-    let css = crate::probe::static_text("css");
+    let css = opskit_edge::probe::static_text("css");
     let files: [(&str, Vec<u8>); 5] = [
         ("www/api/landing.php", LANDING_PHP.into()),
         (
@@ -437,7 +282,7 @@ fn write_fixtures(l: &RigLayout) -> anyhow::Result<()> {
         ("www/ipo/static/app.css", css.clone().into_bytes()),
         (
             "www/ipo/static/app.css.gz",
-            crate::probe::gzip_stored(css.as_bytes()),
+            opskit_edge::probe::gzip_stored(css.as_bytes()),
         ),
     ];
     for (rel, bytes) in files {
