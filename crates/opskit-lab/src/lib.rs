@@ -52,7 +52,7 @@ pub mod state;
 pub mod webhook;
 
 pub use components::Component;
-pub use components::mariadb::MariadbServer;
+pub use components::mariadb::{MariadbInstance, MariadbServer};
 pub use components::nginx::EdgeServer;
 pub use components::nginx::files::BOT_MARKER;
 pub use components::sshd::SftpServer;

@@ -396,3 +396,51 @@ fn down_ends_open_sftp_sessions_too() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+#[test]
+fn mariadb_instances_each_have_their_own_address_server_id_and_settings() {
+    use opskit_lab::components::LabContext;
+    use opskit_lab::{MariadbInstance, MariadbServer};
+    let dir = lab_dir();
+    let ctx = LabContext::new(dir.path(), None).unwrap();
+    // Two instances on one port, told apart by their loopback addresses (as the switchover
+    // topology runs five), with their own server ids and my.cnf extras.
+    let port = opskit_lab::components::free_port().unwrap();
+    let mut records = Vec::new();
+    for (i, addr) in ["127.0.0.1", "127.0.0.21"].iter().enumerate() {
+        let instance = MariadbInstance {
+            port: Some(port),
+            address: addr.parse().unwrap(),
+            server_id: 10 + i as u32,
+            extra_cnf: "log-bin=binlog\nlog-slave-updates=ON\n".into(),
+            ..MariadbInstance::new(&format!("db{i}"), &format!("mysql/db{i}"))
+        };
+        records.push(instance.start(&ctx, "mysql", None).unwrap());
+    }
+    let result = std::panic::catch_unwind(|| {
+        for (i, r) in records.iter().enumerate() {
+            let server = MariadbServer::from_record(r).unwrap();
+            assert_eq!(server.port, port);
+            // Through TCP on its own address, not the socket: the address is really its own.
+            let out = proc::run_with_input(
+                Command::new("mariadb")
+                    .arg("--no-defaults")
+                    .args(["-h", &server.address, "-P", &port.to_string(), "-u", "root"])
+                    .args(["--batch", "--skip-column-names"]),
+                Some(b"SELECT @@server_id, @@log_bin, @@bind_address"),
+                Duration::from_secs(20),
+            )
+            .unwrap()
+            .checked()
+            .unwrap();
+            assert_eq!(
+                out.stdout_text().trim(),
+                format!("{}\t1\t{}", 10 + i, server.address)
+            );
+        }
+    });
+    for r in records.iter().rev() {
+        daemon::stop(&r.identity(), opskit_lab::components::mariadb::STOP_GRACE).unwrap();
+    }
+    result.unwrap();
+}

@@ -1,16 +1,20 @@
-//! One MariaDB server: the archive's `mysql://` source, with database `test`.
+//! MariaDB in the lab: the `mariadb` component (the archive's `mysql://` source, with database
+//! `test`), and [`MariadbInstance`], the per-instance helper every MariaDB of the lab is started
+//! with (the replication topology starts five).
 //!
-//! Everything is under `<lab>/mariadb/`: `my.cnf` (passed as `--defaults-file` to
-//! `mariadb-install-db`, `mariadbd` and every client, so `/etc/mysql` is never read), `data/`,
-//! `tmp/`, the socket `mysqld.sock`, `mysqld.pid` and the server log `mariadbd.log`. It listens
-//! on 127.0.0.1 only; `root` has no password (loopback only). Memory settings are the small
-//! ones measured in `notes/lab.md` (16 MB buffer pool, virtual size capped).
+//! An instance keeps everything under its directory (`<lab>/mariadb/` for the component):
+//! `my.cnf` (passed as `--defaults-file` to `mariadb-install-db`, `mariadbd` and every client,
+//! so `/etc/mysql` is never read), `data/`, `tmp/`, the socket `mysqld.sock`, `mysqld.pid` and
+//! the server log `mariadbd.log`. It listens on its own loopback address only (127.0.0.1 for the
+//! component); `root` has no password (loopback only). Memory settings are the small ones
+//! measured in `notes/lab.md` (16 MB buffer pool, virtual size capped).
 //!
 //! A new datadir is a copy of a template that `mariadb-install-db` made once per user and
 //! MariaDB version in `$TMPDIR/opskit-lab-cache-<uid>/` (a copy takes well under 0.1 s, the
 //! install 0.5-3 s). Set `OPSKIT_LAB_NO_CACHE=1` to install every datadir afresh; delete
 //! that directory if a template is ever damaged.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -37,54 +41,7 @@ pub const USER: &str = "root";
 
 impl Server for Mariadb {
     fn start(&self, ctx: &LabContext, previous: &[ServerRecord]) -> Result<Vec<ServerRecord>> {
-        let dir = ctx.mkdir("mariadb")?;
-        ctx.mkdir("mariadb/tmp")?;
-        let cnf = dir.join("my.cnf");
-        let socket = dir.join("mysqld.sock");
-        // sun_path holds 108 bytes including the NUL.
-        if socket.as_os_str().len() > 107 {
-            bail!(
-                "the MariaDB socket path {} is longer than 107 bytes; use a shorter lab directory",
-                socket.display()
-            );
-        }
-        let log = dir.join("mariadbd.log");
-        let preferred = previous.iter().find_map(|r| r.port);
-        let mut installed = dir.join(INSTALLED_MARKER).exists();
-        let mut record = with_free_port(preferred, |port| {
-            let fail = |e: anyhow::Error| StartError {
-                name: KIND.into(),
-                reason: format!("could not be prepared: {e:#}"),
-                log: log.clone(),
-                log_tail: String::new(),
-                address_in_use: false,
-            };
-            write_file(&cnf, &my_cnf(ctx, &dir, port).map_err(fail)?, 0o644)
-                .map_err(fail)?;
-            if !installed {
-                install_db(ctx, &dir, &cnf).map_err(fail)?;
-                installed = true;
-            }
-            let mut launch = Launch::new(KIND, "mariadbd", &log)
-                .arg(format!("--defaults-file={}", cnf.display()));
-            if ctx.is_root() {
-                launch = launch.arg("--user=root");
-            }
-            ctx.start_process(
-                KIND,
-                launch,
-                Endpoint {
-                    port: Some(port),
-                    socket: Some(socket.clone()),
-                },
-                START_TIMEOUT,
-                || ping(&cnf),
-            )
-        })?;
-        record
-            .details
-            .insert("defaults_file".into(), config_path(&cnf)?.into());
-        record.details.insert("user".into(), USER.into());
+        let mut record = MariadbInstance::new(KIND, "mariadb").start(ctx, KIND, previous.first())?;
         let server = MariadbServer::from_record(&record)?;
         server
             .sql("CREATE DATABASE IF NOT EXISTS test")
@@ -104,7 +61,125 @@ impl Server for Mariadb {
     }
 
     fn stop_grace(&self) -> Duration {
-        Duration::from_secs(60)
+        STOP_GRACE
+    }
+}
+
+/// How long `down` waits for a MariaDB server to shut down cleanly before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// One MariaDB server of the lab: the archive's source, or one server of the replication
+/// topology (which starts five, each with its own address, server id and binary log).
+/// [`MariadbInstance::start`] prepares its directory, installs or copies a datadir, starts
+/// `mariadbd` through the lab's `daemon` and waits until it answers.
+#[derive(Debug, Clone)]
+pub struct MariadbInstance {
+    /// The record's name in `lab.json` (`mariadb`, `Master`, `Slave_01`, …).
+    pub name: String,
+    /// Its directory, relative to the lab directory (`mariadb`, `mysql/master`, …).
+    pub dir: String,
+    /// The address it listens on.
+    pub address: Ipv4Addr,
+    /// A fixed port, or `None` for a free one (the previous record's port when still free).
+    pub port: Option<u16>,
+    /// `server-id`.
+    pub server_id: u32,
+    /// Extra `[mariadbd]` lines (`log-bin`, GTID settings, `read_only`, …).
+    pub extra_cnf: String,
+}
+
+impl MariadbInstance {
+    /// An instance on 127.0.0.1 with a free port, server id 1 and no extra settings.
+    pub fn new(name: &str, dir: &str) -> MariadbInstance {
+        MariadbInstance {
+            name: name.to_string(),
+            dir: dir.to_string(),
+            address: Ipv4Addr::LOCALHOST,
+            port: None,
+            server_id: 1,
+            extra_cnf: String::new(),
+        }
+    }
+
+    /// Starts it (installing its datadir the first time) and returns its record, whose
+    /// details hold `defaults_file`, `user` and `server_id`. `kind` is the component's name;
+    /// `previous` is this instance's record from an earlier `up`, to reuse its port.
+    pub fn start(
+        &self,
+        ctx: &LabContext,
+        kind: &str,
+        previous: Option<&ServerRecord>,
+    ) -> Result<ServerRecord> {
+        let dir = ctx.mkdir(&self.dir)?;
+        ctx.mkdir(&format!("{}/tmp", self.dir))?;
+        let cnf = dir.join("my.cnf");
+        let socket = dir.join("mysqld.sock");
+        // sun_path holds 108 bytes including the NUL.
+        if socket.as_os_str().len() > 107 {
+            bail!(
+                "the MariaDB socket path {} is longer than 107 bytes; use a shorter lab directory",
+                socket.display()
+            );
+        }
+        let log = dir.join("mariadbd.log");
+        let mut installed = dir.join(INSTALLED_MARKER).exists();
+        let mut start_on = |port: u16| {
+            let fail = |e: anyhow::Error| StartError {
+                name: self.name.clone(),
+                reason: format!("could not be prepared: {e:#}"),
+                log: log.clone(),
+                log_tail: String::new(),
+                address_in_use: false,
+            };
+            write_file(&cnf, &self.my_cnf(ctx, &dir, port).map_err(fail)?, 0o644)
+                .map_err(fail)?;
+            if !installed {
+                install_db(ctx, &dir, &cnf).map_err(fail)?;
+                installed = true;
+            }
+            let mut launch = Launch::new(&self.name, "mariadbd", &log)
+                .arg(format!("--defaults-file={}", cnf.display()));
+            if ctx.is_root() {
+                launch = launch.arg("--user=root");
+            }
+            ctx.start_process(
+                kind,
+                launch,
+                Endpoint {
+                    address: Some(self.address),
+                    port: Some(port),
+                    socket: Some(socket.clone()),
+                },
+                START_TIMEOUT,
+                || ping(&cnf),
+            )
+        };
+        let mut record = match self.port {
+            Some(port) => start_on(port)?,
+            None => with_free_port(previous.and_then(|r| r.port), start_on)?,
+        };
+        record
+            .details
+            .insert("defaults_file".into(), config_path(&cnf)?.into());
+        record.details.insert("user".into(), USER.into());
+        record
+            .details
+            .insert("server_id".into(), self.server_id.to_string());
+        Ok(record)
+    }
+
+    fn my_cnf(&self, ctx: &LabContext, dir: &Path, port: u16) -> Result<String> {
+        let mut text = my_cnf(ctx, dir, port)?;
+        text.push_str(&format!(
+            "server-id={}\nbind-address={}\n",
+            self.server_id, self.address
+        ));
+        if !self.extra_cnf.is_empty() {
+            text.push_str("# Instance settings:\n");
+            text.push_str(self.extra_cnf.trim_end());
+            text.push('\n');
+        }
+        Ok(text)
     }
 }
 
@@ -123,7 +198,6 @@ user={USER}
 tmpdir={d}/tmp
 socket={d}/mysqld.sock
 port={port}
-bind-address={LOOPBACK}
 pid-file={d}/mysqld.pid
 skip-name-resolve
 character-set-server=utf8mb4
@@ -265,7 +339,9 @@ fn ping(cnf: &Path) -> Result<()> {
 /// The lab's MariaDB as a test or drill sees it.
 #[derive(Debug, Clone)]
 pub struct MariadbServer {
-    /// TCP port on 127.0.0.1.
+    /// The address it listens on.
+    pub address: String,
+    /// Its TCP port.
     pub port: u16,
     /// The unix socket.
     pub socket: PathBuf,
@@ -285,8 +361,10 @@ impl crate::LabView for MariadbServer {
 }
 
 impl MariadbServer {
-    fn from_record(r: &ServerRecord) -> Result<MariadbServer> {
+    /// The view of a record made by [`MariadbInstance::start`].
+    pub fn from_record(r: &ServerRecord) -> Result<MariadbServer> {
         Ok(MariadbServer {
+            address: r.address.clone().unwrap_or_else(|| LOOPBACK.to_string()),
             port: r.port.context("mariadb has no port in lab.json")?,
             socket: r.socket.clone().context("mariadb has no socket in lab.json")?,
             defaults_file: r.detail("defaults_file")?.into(),
@@ -294,9 +372,9 @@ impl MariadbServer {
         })
     }
 
-    /// `mysql://root@127.0.0.1:<port>/`, the form of `archive.source_uri`.
+    /// `mysql://root@<address>:<port>/`, the form of `archive.source_uri`.
     pub fn uri(&self) -> String {
-        format!("mysql://{}@{LOOPBACK}:{}/", self.user, self.port)
+        format!("mysql://{}@{}:{}/", self.user, self.address, self.port)
     }
 
     /// `mariadb --defaults-file=<my.cnf>` (connects over the socket as root); add arguments.
@@ -317,7 +395,7 @@ impl MariadbServer {
             CLIENT_TIMEOUT,
         )
         .and_then(proc::Output::checked)
-        .with_context(|| format!("running SQL on the lab MariaDB (port {})", self.port))?;
+        .with_context(|| format!("running SQL on the lab MariaDB {}:{}", self.address, self.port))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -33,7 +33,7 @@
 //!             let launch = Launch::new("echo", "socat", &log)
 //!                 .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
 //!                 .arg("EXEC:cat");
-//!             let at = Endpoint { port: Some(port), socket: None };
+//!             let at = Endpoint { address: None, port: Some(port), socket: None };
 //!             ctx.start_process("echo", launch, at, Duration::from_secs(10), || {
 //!                 tcp_connect(port).map(drop)
 //!             })
@@ -243,7 +243,11 @@ impl LabContext {
         Ok(ServerRecord {
             name,
             kind: kind.to_string(),
-            address: endpoint.port.map(|_| LOOPBACK.to_string()),
+            address: endpoint.port.map(|_| {
+                endpoint
+                    .address
+                    .map_or_else(|| LOOPBACK.to_string(), |a| a.to_string())
+            }),
             port: endpoint.port,
             socket: endpoint.socket,
             pid: spawned.identity.pid,
@@ -257,9 +261,13 @@ impl LabContext {
 /// The loopback address every lab server listens on.
 pub const LOOPBACK: &str = "127.0.0.1";
 
-/// Where a server answers: a TCP port on [`LOOPBACK`] and/or a unix socket.
+/// Where a server answers: a TCP port (on [`LOOPBACK`] unless `address` says otherwise)
+/// and/or a unix socket.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoint {
+    /// The address of the TCP port, when not [`LOOPBACK`] (each server of the switchover
+    /// topology has its own loopback address).
+    pub address: Option<std::net::Ipv4Addr>,
     /// TCP port.
     pub port: Option<u16>,
     /// Unix socket.

@@ -72,6 +72,7 @@ impl Server for Sshd {
                 KIND,
                 launch,
                 Endpoint {
+                    address: None,
                     port: Some(port),
                     socket: None,
                 },

@@ -37,6 +37,7 @@ impl Server for Webhook {
                 KIND,
                 launch,
                 Endpoint {
+                    address: None,
                     port: Some(port),
                     socket: None,
                 },

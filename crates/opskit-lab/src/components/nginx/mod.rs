@@ -72,6 +72,7 @@ impl Server for Nginx {
         .arg("-y")
         .arg(l.php_fpm_conf());
         let fpm_endpoint = Endpoint {
+            address: None,
             port: None,
             socket: Some(socket.clone()),
         };
@@ -85,6 +86,7 @@ impl Server for Nginx {
             KIND,
             nginx_launch("bot-upstream", l.bot_prefix(), l.bot_conf()),
             Endpoint {
+                address: None,
                 port: Some(bot_port),
                 socket: None,
             },
@@ -96,6 +98,7 @@ impl Server for Nginx {
             KIND,
             nginx_launch(KIND, l.edge_prefix(), l.edge_conf()),
             Endpoint {
+                address: None,
                 port: Some(https_port),
                 socket: None,
             },
