@@ -61,6 +61,96 @@ pub enum RunOutcome {
     },
 }
 
+/// How a run ended, as `--output json` prints it (see [`RunSummary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Every step completed.
+    Succeeded,
+    /// It had already succeeded; nothing was done.
+    AlreadyDone,
+    /// A precondition refused it; nothing changed.
+    Refused,
+    /// A step failed and the completed steps were undone.
+    RolledBack,
+    /// A step failed after the point of no return (or an undo failed).
+    Failed,
+}
+
+/// What `opskit <runbook> … --output json` prints after a run: the one report type the CLI
+/// writes and the drill (or any script) reads back.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunSummary {
+    /// The runbook.
+    pub runbook: String,
+    /// How it ended.
+    pub outcome: OutcomeKind,
+    /// The refusal or failure, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The step that refused or failed, if any.
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    /// The journal file.
+    #[serde(default)]
+    pub journal: PathBuf,
+    /// Wall time of this invocation in seconds.
+    #[serde(default)]
+    pub duration_secs: f64,
+    /// Steps completed by this invocation.
+    #[serde(default)]
+    pub executed: Vec<String>,
+    /// Steps an earlier invocation had completed.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// Steps undone after the failure.
+    #[serde(default)]
+    pub undone: Vec<String>,
+    /// The run's counters (also in the metrics file).
+    #[serde(default)]
+    pub counters: BTreeMap<String, f64>,
+}
+
+impl RunReport {
+    /// The summary of this run of `runbook`.
+    pub fn summary(&self, runbook: &str) -> RunSummary {
+        let (outcome, error, failed_step) = match &self.outcome {
+            RunOutcome::Succeeded => (OutcomeKind::Succeeded, None, None),
+            RunOutcome::AlreadyDone { .. } => (OutcomeKind::AlreadyDone, None, None),
+            RunOutcome::Refused { step, reason } => (
+                OutcomeKind::Refused,
+                Some(reason.clone()),
+                Some(step.clone()),
+            ),
+            RunOutcome::Failed {
+                step,
+                error,
+                rolled_back,
+            } => (
+                if *rolled_back {
+                    OutcomeKind::RolledBack
+                } else {
+                    OutcomeKind::Failed
+                },
+                Some(error.clone()),
+                Some(step.clone()),
+            ),
+        };
+        RunSummary {
+            runbook: runbook.to_string(),
+            outcome,
+            error,
+            failed_step,
+            journal: self.journal.clone(),
+            duration_secs: self.duration_secs,
+            executed: self.executed.clone(),
+            skipped: self.skipped.clone(),
+            undone: self.undone.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
 /// The result of [`run`].
 #[derive(Debug, Clone)]
 pub struct RunReport {

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 
 /// The printable description of one step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSpec {
     /// A stable identifier, used as the key in the journal (`export`, `upload`, ...).
     pub id: String,
@@ -234,7 +234,7 @@ pub struct Plan {
 }
 
 /// The serializable form of a plan (`--dry-run --output json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanDescription {
     /// See [`Plan::runbook`].
     pub runbook: String,
@@ -249,7 +249,7 @@ pub struct PlanDescription {
 }
 
 /// One named fact of a plan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fact {
     /// What it is.
     pub name: String,

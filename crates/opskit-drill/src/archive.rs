@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use opskit_core::config::Config;
+use opskit_core::engine::{OutcomeKind, RunSummary};
+use opskit_core::plan::PlanDescription;
 use opskit_lab::lab::LabView;
 use opskit_lab::{Component, LabState, MariadbServer, SftpServer, WebhookReceiver};
 
 use crate::report::{Check, DrillReport};
 use crate::run::Opskit;
+use crate::{DrillContext, Section};
 
 const RUNBOOK: &str = "archive";
 /// The drilled month; its neighbours are seeded too and must survive.
@@ -51,6 +54,16 @@ struct Counts {
     before: u64,
     after: u64,
     anomalies: u64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{MONTH}: {} rows, 2023-12: {}, 2024-02: {}, bad dates: {}",
+            self.month, self.before, self.after, self.anomalies
+        )
+    }
 }
 
 fn counts(db: &MariadbServer) -> anyhow::Result<Counts> {
@@ -121,8 +134,21 @@ fn rig(opskit: &Opskit, state: &LabState, rows: u64) -> anyhow::Result<Rig> {
     })
 }
 
+/// The archive section.
+pub struct ArchiveDrill;
+
+impl Section for ArchiveDrill {
+    fn needs(&self) -> &'static [Component] {
+        &[Component::Sshd, Component::Mariadb, Component::Webhook]
+    }
+
+    fn run(&self, cx: &DrillContext, report: &mut DrillReport) {
+        drill(cx.opskit, cx.state, cx.options.rows, report);
+    }
+}
+
 /// Runs the archive drill and adds its checks to `report`.
-pub fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport) {
+fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport) {
     let clock = Instant::now();
     let rig = match rig(opskit, state, rows.max(10)) {
         Ok(r) => r,
@@ -141,7 +167,7 @@ pub fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillRep
         RUNBOOK,
         "seed test.user_logs",
         rig.seeded.month == rows.max(10) && rig.seeded.anomalies == 4,
-        format!("{:?}", rig.seeded),
+        rig.seeded.to_string(),
         clock.elapsed().as_secs_f64(),
     ));
     let steps: [(&str, Scenario); 7] = [
@@ -189,7 +215,7 @@ fn unchanged(rig: &Rig) -> anyhow::Result<()> {
     let now = counts(&rig.db)?;
     anyhow::ensure!(
         now == rig.seeded,
-        "rows changed: seeded {:?}, now {now:?}",
+        "rows changed: seeded {}, now {now}",
         rig.seeded
     );
     Ok(())
@@ -205,11 +231,12 @@ fn plan(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
         "the plan does not show the count {count}"
     );
     unchanged(rig)?;
-    let plan = inv.json()?;
-    let steps: Vec<&str> = plan["steps"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s["id"].as_str()).collect())
-        .unwrap_or_default();
+    let plan: PlanDescription = inv.parse()?;
+    let steps: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    anyhow::ensure!(
+        steps.contains(&"purge"),
+        "the plan has no purge step: {steps:?}"
+    );
     Ok(format!("{count} documents; steps {}", steps.join(" → ")))
 }
 
@@ -276,7 +303,7 @@ fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String>
         now.before == rig.seeded.before
             && now.after == rig.seeded.after
             && now.anomalies == rig.seeded.anomalies,
-        "rows outside the month changed: seeded {:?}, now {now:?}",
+        "rows outside the month changed: seeded {}, now {now}",
         rig.seeded
     );
     let staged = staged_file(opskit)?;
@@ -296,14 +323,22 @@ fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String>
         local_len == remote_len,
         "local {local_len} B, remote {remote_len} B"
     );
-    let v = inv.json()?;
+    let run: RunSummary = inv.parse()?;
+    anyhow::ensure!(
+        run.outcome == OutcomeKind::Succeeded,
+        "outcome {:?}",
+        run.outcome
+    );
+    let counters = run
+        .counters
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(format!(
-        "{} rows archived and deleted in {:.1}s; {} B on the backup host; neighbours and {} anomalies untouched",
+        "{} rows archived and deleted in {:.1}s; {} B on the backup host; neighbours and {} anomalies untouched; {counters}",
         rig.seeded.month, inv.secs, remote_len, now.anomalies
-    ) + &v["counters"]
-        .as_object()
-        .map(|c| format!("; counters {}", serde_json::Value::Object(c.clone())))
-        .unwrap_or_default())
+    ))
 }
 
 fn verify_remote(opskit: &Opskit, _: &Rig, _: &LabState) -> anyhow::Result<String> {
@@ -317,11 +352,11 @@ fn verify_remote(opskit: &Opskit, _: &Rig, _: &LabState) -> anyhow::Result<Strin
 fn rerun(opskit: &Opskit, _: &Rig, _: &LabState) -> anyhow::Result<String> {
     let inv = opskit.run(&["--output", "json", "archive", "run", "--month", MONTH])?;
     expect_code(&inv, 0, "archive run (again)")?;
-    let v = inv.json()?;
+    let run: RunSummary = inv.parse()?;
     anyhow::ensure!(
-        v["outcome"] == "already_done",
-        "outcome {} (want already_done)",
-        v["outcome"]
+        run.outcome == OutcomeKind::AlreadyDone,
+        "outcome {:?} (want already_done)",
+        run.outcome
     );
     Ok("outcome already_done".into())
 }
@@ -341,7 +376,7 @@ fn restore(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
     let now = counts(&rig.db)?;
     anyhow::ensure!(
         now == rig.seeded,
-        "after restore {now:?}, seeded {:?}",
+        "after restore {now}, seeded {}",
         rig.seeded
     );
     Ok(format!("{} rows back; {}", now.month, inv.stdout.trim()))

@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One verified expectation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
     /// The runbook (or `lab`, `config`).
     pub runbook: String,
@@ -40,7 +40,7 @@ impl Check {
 }
 
 /// Every check of one drill.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillReport {
     /// The lab the drill ran against.
     pub lab_dir: PathBuf,
@@ -70,6 +70,42 @@ impl DrillReport {
     /// True when every check passed.
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The report as Markdown (`--report FILE`): a summary line, then one table per runbook.
+    pub fn render_markdown(&self) -> String {
+        let mut out = String::new();
+        let failed = self.checks.iter().filter(|c| !c.passed).count();
+        let _ = writeln!(out, "# opskit drill\n");
+        let _ = writeln!(
+            out,
+            "- lab: `{}`\n- host: `{}`\n- finished: {}\n- result: **{}** ({} passed, {} failed)\n",
+            self.lab_dir.display(),
+            opskit_core::util::hostname(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.checks.len() - failed,
+            failed
+        );
+        let mut runbook = "";
+        for c in &self.checks {
+            if c.runbook != runbook {
+                runbook = &c.runbook;
+                let _ = writeln!(
+                    out,
+                    "\n## {runbook}\n\n| result | check | seconds | observed |\n|---|---|---:|---|"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {} |",
+                if c.passed { "PASS" } else { "**FAIL**" },
+                md_cell(&c.name),
+                c.secs,
+                md_cell(&c.detail)
+            );
+        }
+        out
     }
 
     /// The report as a table for people.
@@ -107,6 +143,11 @@ impl DrillReport {
     }
 }
 
+/// Text safe inside a Markdown table cell.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +164,12 @@ mod tests {
         assert!(t.contains("nginx\n  PASS  probe"));
         assert!(t.ends_with("2 passed, 1 failed\n"));
         assert!(!r.passed());
+        let md = r.render_markdown();
+        assert!(md.contains("result: **FAIL** (2 passed, 1 failed)"), "{md}");
+        assert!(md.contains("## archive\n\n| result |"), "{md}");
+        assert!(
+            md.contains("| **FAIL** | purges | 2.0 | 3 rows left |"),
+            "{md}"
+        );
     }
 }

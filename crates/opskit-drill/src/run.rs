@@ -28,11 +28,12 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// stdout parsed as JSON.
-    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+    /// stdout parsed as one of the runbooks' report types.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         serde_json::from_str(&self.stdout).with_context(|| {
             format!(
-                "stdout is not JSON: {}",
+                "stdout is not the expected report ({}): {}",
+                std::any::type_name::<T>(),
                 self.stdout.chars().take(300).collect::<String>()
             )
         })

@@ -98,32 +98,10 @@ impl App {
 
     fn print_report(&self, runbook: &str, r: &RunReport) {
         if self.output == OutputFormat::Json {
-            let v = serde_json::json!({
-                "runbook": runbook,
-                "outcome": match &r.outcome {
-                    RunOutcome::Succeeded => "succeeded",
-                    RunOutcome::AlreadyDone { .. } => "already_done",
-                    RunOutcome::Refused { .. } => "refused",
-                    RunOutcome::Failed { rolled_back: true, .. } => "rolled_back",
-                    RunOutcome::Failed { .. } => "failed",
-                },
-                "error": match &r.outcome {
-                    RunOutcome::Refused { reason, .. } => Some(reason.clone()),
-                    RunOutcome::Failed { error, .. } => Some(error.clone()),
-                    _ => None,
-                },
-                "failed_step": match &r.outcome {
-                    RunOutcome::Refused { step, .. } | RunOutcome::Failed { step, .. } => Some(step.clone()),
-                    _ => None,
-                },
-                "journal": r.journal,
-                "duration_secs": r.duration_secs,
-                "executed": r.executed,
-                "skipped": r.skipped,
-                "undone": r.undone,
-                "counters": r.counters,
-            });
-            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r.summary(runbook)).expect("summaries serialize")
+            );
             return;
         }
         match &r.outcome {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use opskit_core::Classify as _;
 use opskit_core::config::NginxConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use curl::{Client, Request, Response};
 
@@ -116,7 +116,7 @@ impl ProbeOptions {
 }
 
 /// A check's result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// The server behaves as required.
@@ -128,7 +128,7 @@ pub enum Verdict {
 }
 
 /// One check's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
     /// `group.what`, stable across versions.
     pub name: String,
@@ -138,8 +138,9 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-/// Every check's outcome.
-#[derive(Debug, Clone, Serialize)]
+/// Every check's outcome; `opskit nginx probe --output json` prints it (with `passed`, see
+/// [`ProbeReport::printed`]) and the drill reads it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeReport {
     /// The probed origin.
     pub url: String,
@@ -147,7 +148,25 @@ pub struct ProbeReport {
     pub checks: Vec<CheckResult>,
 }
 
+/// The JSON form of a [`ProbeReport`]: the report plus its overall verdict.
+#[derive(Debug, Serialize)]
+pub struct PrintedProbeReport<'a> {
+    /// True when no check failed.
+    pub passed: bool,
+    /// The report.
+    #[serde(flatten)]
+    pub report: &'a ProbeReport,
+}
+
 impl ProbeReport {
+    /// What `--output json` prints.
+    pub fn printed(&self) -> PrintedProbeReport<'_> {
+        PrintedProbeReport {
+            passed: self.passed(),
+            report: self,
+        }
+    }
+
     /// True when no check failed.
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.verdict != Verdict::Fail)

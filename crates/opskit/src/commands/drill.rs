@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use opskit_core::{ExitStatus, OpsError};
-use opskit_drill::{DrillOptions, RUNBOOKS};
+use opskit_drill::{DrillOptions, SectionId};
 
 use crate::cli::{GlobalArgs, OutputFormat};
 
@@ -14,12 +14,22 @@ pub struct DrillArgs {
     /// The lab directory (brought up when needed, left running) [default: $OPSKIT_LAB_DIR, else /tmp/opskit-lab].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Only these runbooks (comma-separated): archive, nginx.
-    #[arg(long, value_delimiter = ',', value_name = "RUNBOOK")]
-    pub only: Vec<String>,
+    /// Only these sections (comma-separated); the lab brings up only what they need.
+    #[arg(long, value_delimiter = ',', value_name = "SECTION", value_parser = section_parser())]
+    pub only: Vec<SectionId>,
     /// Rows seeded into the archived month (its neighbours get a tenth each).
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub rows: u64,
+    /// Also write the report as Markdown to FILE (evidence to keep with a change).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+/// Accepts the registered section names (and lists them in `--help`).
+fn section_parser() -> impl clap::builder::TypedValueParser<Value = SectionId> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(SectionId::ALL.iter().map(|c| PossibleValue::new(c.name())))
+        .map(|s| s.parse::<SectionId>().expect("a registered section"))
 }
 
 /// Runs `opskit drill`: exit 0 when every check passed, 1 otherwise.
@@ -28,12 +38,6 @@ pub fn run(args: DrillArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError>
         return Err(OpsError::Usage(
             "opskit drill uses the lab's own opskit.toml; drop --config".into(),
         ));
-    }
-    if let Some(bad) = args.only.iter().find(|r| !RUNBOOKS.contains(&r.as_str())) {
-        return Err(OpsError::Usage(format!(
-            "--only: unknown runbook `{bad}`; the drill knows {}",
-            RUNBOOKS.join(", ")
-        )));
     }
     if args.rows < 10 {
         return Err(OpsError::Usage("--rows must be at least 10".into()));
@@ -51,6 +55,10 @@ pub fn run(args: DrillArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError>
         rows: args.rows,
     })
     .map_err(|e| OpsError::Failed(e.context("bringing up the lab")))?;
+    if let Some(path) = &args.report {
+        opskit_core::util::write_atomic(path, report.render_markdown().as_bytes(), 0o644)
+            .map_err(|e| OpsError::Failed(e.context("writing the drill report")))?;
+    }
     match global.output {
         OutputFormat::Text => print!("{}", report.render_text()),
         OutputFormat::Json => println!(

@@ -245,12 +245,7 @@ fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
     match app.output {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "url": report.url,
-                "passed": report.passed(),
-                "checks": report.checks,
-            }))
-            .expect("reports serialize")
+            serde_json::to_string_pretty(&report.printed()).expect("reports serialize")
         ),
         OutputFormat::Text => print!("{}", report.render_table()),
     }
