@@ -6,6 +6,8 @@
 //! `export` → `upload` → `commit` (point of no return) → `purge`. See `docs/BENCHMARKS.md`
 //! for its measured speed and memory.
 
+#![warn(missing_docs)]
+
 pub mod bounds;
 pub mod job;
 pub mod rawbson;

@@ -7,6 +7,8 @@
 //! Data flows one way: config → planner (in a runbook crate) → [`plan::Plan`] → [`engine`] →
 //! journal, metrics and alert.
 
+#![warn(missing_docs)]
+
 pub mod alert;
 pub mod config;
 pub mod engine;

@@ -11,6 +11,8 @@
 //! the `sections!` call below: `Variant("name") => module::Type,`. That declares the module,
 //! makes `--only name` work and fixes the order sections run in.
 
+#![warn(missing_docs)]
+
 mod report;
 mod run;
 

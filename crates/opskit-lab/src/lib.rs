@@ -45,6 +45,8 @@
 //! `up`. The [`Lab`] guard cannot help when the test process itself is killed (SIGKILL): run
 //! `opskit lab down --dir <dir>` then.
 
+#![warn(missing_docs)]
+
 pub mod components;
 pub mod daemon;
 pub mod lab;

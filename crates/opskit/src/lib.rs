@@ -2,6 +2,8 @@
 //! ([`commands`]). Exit codes: 0 done, 1 failed (alert raised), 2 bad usage or config,
 //! 3 a precondition refused the run (nothing changed).
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod cli;
 pub mod commands;

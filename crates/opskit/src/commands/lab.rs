@@ -30,6 +30,7 @@ pub struct LabDir {
 pub enum LabAction {
     /// Start the lab's servers (only the missing or dead ones) and write <DIR>/opskit.toml.
     Up {
+        /// The lab directory.
         #[command(flatten)]
         dir: LabDir,
         /// Only these components, comma-separated [default: all].
@@ -38,6 +39,7 @@ pub enum LabAction {
     },
     /// Stop exactly the recorded server processes; keep the data unless --purge.
     Down {
+        /// The lab directory.
         #[command(flatten)]
         dir: LabDir,
         /// Also delete the lab directory.
@@ -46,12 +48,14 @@ pub enum LabAction {
     },
     /// Show each recorded server: address, port or socket, PID, alive, answering.
     Status {
+        /// The lab directory.
         #[command(flatten)]
         dir: LabDir,
     },
     /// Run the lab's alert webhook receiver in the foreground (started by `lab up`).
     #[command(hide = true)]
     WebhookReceiver {
+        /// The lab directory.
         #[command(flatten)]
         dir: LabDir,
         /// Port on 127.0.0.1.
