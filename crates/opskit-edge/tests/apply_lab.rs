@@ -46,15 +46,13 @@ fn still_serving(rig: &EdgeServer) {
 
 #[test]
 fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-apply-test-")
-        .tempdir()
-        .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+    let lab = LabBuilder::temporary("opskit-apply-test-")
+        .unwrap()
         .with(Component::Nginx)
         .up()
         .unwrap();
+    let dir = lab.dir().parent().unwrap().to_path_buf();
+    let state = tempfile::tempdir().unwrap();
     let rig: EdgeServer = lab.view().unwrap();
     let original = live_config(&rig);
 
@@ -70,7 +68,6 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
     // nginx -t fails (the certificate does not exist): the file is restored, nothing reloaded.
     let mut broken = good.clone();
     broken.tls_certificate = dir
-        .path()
         .join("pki/missing.crt")
         .to_string_lossy()
         .parse()
@@ -88,7 +85,6 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
     // nginx -t passes but php-fpm's socket is wrong: the probe fails, file and reload undone.
     let mut wrong_socket = good.clone();
     wrong_socket.php_fpm_socket = dir
-        .path()
         .join("run/nowhere.sock")
         .to_string_lossy()
         .parse()

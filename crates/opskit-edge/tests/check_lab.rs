@@ -8,17 +8,14 @@ use opskit_edge::check::{self, installed_version};
 use opskit_edge::render;
 use opskit_lab::{Component, EdgeServer, Lab, LabBuilder};
 
-fn rig() -> (tempfile::TempDir, Lab, EdgeServer) {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-check-test-")
-        .tempdir()
-        .unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+fn rig() -> (Lab, EdgeServer) {
+    let lab = LabBuilder::temporary("opskit-check-test-")
+        .unwrap()
         .with(Component::Nginx)
         .up()
         .unwrap();
     let edge = lab.view().unwrap();
-    (dir, lab, edge)
+    (lab, edge)
 }
 
 fn nginx() -> std::path::PathBuf {
@@ -53,7 +50,7 @@ fn alternatives(rig: &EdgeServer) -> NginxConfig {
 
 #[test]
 fn default_and_alternative_configs_pass_nginx_t_without_warnings() {
-    let (_dir, _lab, rig) = rig();
+    let (_lab, rig) = rig();
     for (what, settings) in [
         ("default", rig.settings.clone()),
         ("alternatives", alternatives(&rig)),
@@ -66,7 +63,7 @@ fn default_and_alternative_configs_pass_nginx_t_without_warnings() {
 
 #[test]
 fn a_warning_alone_fails_the_check() {
-    let (_dir, _lab, rig) = rig();
+    let (_lab, rig) = rig();
     // Stapling with a certificate that names no OCSP responder: nginx -t exits 0 with a [warn].
     let mut s = alternatives(&rig);
     s.ocsp_stapling = true;
@@ -79,7 +76,7 @@ fn a_warning_alone_fails_the_check() {
 
 #[test]
 fn syntax_for_a_newer_nginx_fails_on_the_installed_one() {
-    let (_dir, _lab, rig) = rig();
+    let (_lab, rig) = rig();
     let (major, minor, _) = installed_version(&nginx()).unwrap();
     assert!(
         (major, minor) < (1, 25),

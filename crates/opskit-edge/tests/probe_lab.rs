@@ -3,17 +3,14 @@
 use opskit_edge::probe::{self, ProbeOptions, Verdict};
 use opskit_lab::{BOT_MARKER, Component, EdgeServer, Lab, LabBuilder};
 
-fn start_rig() -> (tempfile::TempDir, Lab, EdgeServer) {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-edge-test-")
-        .tempdir()
-        .unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+fn start_rig() -> (Lab, EdgeServer) {
+    let lab = LabBuilder::temporary("opskit-edge-test-")
+        .unwrap()
         .with(Component::Nginx)
         .up()
         .unwrap();
     let edge = lab.view().unwrap();
-    (dir, lab, edge)
+    (lab, edge)
 }
 
 fn options(rig: &EdgeServer) -> ProbeOptions {
@@ -26,7 +23,7 @@ fn options(rig: &EdgeServer) -> ProbeOptions {
 
 #[test]
 fn every_check_passes_against_the_lab() {
-    let (_dir, _lab, rig) = start_rig();
+    let (_lab, rig) = start_rig();
     let report = probe::run(&rig.settings, &options(&rig)).unwrap();
     print!("{}", report.render_table());
     assert!(report.passed(), "failed: {:?}", report.failed());
@@ -70,7 +67,7 @@ fn assert_breakage_is_caught(
 #[test]
 fn the_right_checks_fail_against_broken_configs() {
     use probe::Group;
-    let (_dir, _lab, rig) = start_rig();
+    let (_lab, rig) = start_rig();
     // Upstream TLS is verified: trusting the public CAs instead of the lab CA makes nginx
     // refuse bot.ipo.com's certificate, so bots get 502 instead of the upstream's answer.
     let report = assert_breakage_is_caught(
@@ -128,7 +125,7 @@ fn the_right_checks_fail_against_broken_configs() {
 
 #[test]
 fn a_configured_burst_is_what_the_rate_checks_expect() {
-    let (_dir, _lab, mut rig) = start_rig();
+    let (_lab, mut rig) = start_rig();
     rig.settings.api_burst = 2;
     rig.reload_with(&opskit_edge::render::render(&rig.settings))
         .unwrap();

@@ -369,6 +369,7 @@ pub struct LabBuilder {
     dir: PathBuf,
     components: Vec<Component>,
     opskit_exe: Option<PathBuf>,
+    temp: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl LabBuilder {
@@ -378,7 +379,20 @@ impl LabBuilder {
             dir: dir.as_ref().to_path_buf(),
             components: Vec::new(),
             opskit_exe: None,
+            temp: None,
         }
+    }
+
+    /// A lab in a new temporary directory (`$TMPDIR/<prefix>XXXXXX/lab`), deleted when the
+    /// [`Lab`] is dropped, after its servers are stopped. What most tests want.
+    pub fn temporary(prefix: &str) -> Result<LabBuilder> {
+        let temp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("creating a temporary lab directory")?;
+        let mut b = LabBuilder::new(temp.path().join("lab"));
+        b.temp = Some(std::sync::Arc::new(temp));
+        Ok(b)
     }
 
     /// Adds a component (none added: all of them).
@@ -405,6 +419,7 @@ impl LabBuilder {
                 state: report.state,
                 opskit_toml: report.opskit_toml,
                 armed: true,
+                _temp: self.temp,
             }),
             Err(e) => {
                 if let Err(e2) = down(&self.dir, false) {
@@ -424,6 +439,9 @@ pub struct Lab {
     state: LabState,
     opskit_toml: PathBuf,
     armed: bool,
+    /// The temporary directory of [`LabBuilder::temporary`]; dropped after `Drop::drop` ran,
+    /// so the servers are down before their files go.
+    _temp: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl Lab {
@@ -476,6 +494,10 @@ impl Lab {
     /// Leaves the servers running when the guard goes away (stop them with `opskit lab down`).
     pub fn keep_running(mut self) -> PathBuf {
         self.armed = false;
+        // A temporary directory stays too: the servers run from it.
+        if let Some(temp) = self._temp.take() {
+            std::mem::forget(temp);
+        }
         self.dir.clone()
     }
 }

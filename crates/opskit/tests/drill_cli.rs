@@ -28,21 +28,19 @@ fn drill(lab: &std::path::Path, report: &std::path::Path) -> (Option<i32>, serde
 
 #[test]
 fn a_failed_probe_check_is_named_in_the_drill_report() {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-drill-cli-")
-        .tempdir()
-        .unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+    let lab = LabBuilder::temporary("opskit-drill-cli-")
+        .unwrap()
         .with(Component::Nginx)
         .up()
         .unwrap();
+    let dir = lab.dir().parent().unwrap().to_path_buf();
     let edge: EdgeServer = lab.view().unwrap();
     let good = opskit_edge::render::render(&edge.settings);
     let broken = good.replacen("return 301 ", "return 302 ", 1);
     assert_ne!(broken, good);
     edge.reload_with(&broken).unwrap();
 
-    let md = dir.path().join("report.md");
+    let md = dir.as_path().join("report.md");
     let (code, v) = drill(lab.dir(), &md);
     assert_eq!(code, Some(1), "{v:#}");
     let report: DrillReport = serde_json::from_value(v).unwrap();

@@ -124,20 +124,18 @@ fn apply_dry_run_prints_the_deploy_plan() {
 
 #[test]
 fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-cli-probe-")
-        .tempdir()
-        .unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+    let lab = LabBuilder::temporary("opskit-cli-probe-")
+        .unwrap()
         .with(Component::Nginx)
         .up()
         .unwrap();
+    let dir = lab.dir().parent().unwrap().to_path_buf();
     let rig: EdgeServer = lab.view().unwrap();
     let config = Config {
         nginx: rig.settings.clone(),
         ..Config::default()
     };
-    let cfg = config_file(dir.path(), &config.to_toml());
+    let cfg = config_file(dir.as_path(), &config.to_toml());
     let probe = |extra: &[&str]| {
         opskit(&cfg)
             .args([
@@ -177,16 +175,14 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
 
 #[test]
 fn apply_succeeds_then_rolls_back_with_exit_1() {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-cli-apply-")
-        .tempdir()
-        .unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+    let lab = LabBuilder::temporary("opskit-cli-apply-")
+        .unwrap()
         .with(Component::Nginx)
         .up()
         .unwrap();
+    let dir = lab.dir().parent().unwrap().to_path_buf();
     let rig: EdgeServer = lab.view().unwrap();
-    let state = dir.path().join("state");
+    let state = dir.as_path().join("state");
     let apply = |nginx: &opskit_core::config::NginxConfig| {
         let mut config = Config {
             nginx: nginx.clone(),
@@ -195,7 +191,7 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         config.general.state_dir = state.to_string_lossy().parse().unwrap();
         config.general.metrics_dir = state.join("metrics").to_string_lossy().parse().unwrap();
         config.alert.webhook_url = None;
-        let cfg = config_file(dir.path(), &config.to_toml());
+        let cfg = config_file(dir.as_path(), &config.to_toml());
         let out = opskit(&cfg)
             .args([
                 "--output",

@@ -198,11 +198,8 @@ mod tests {
 
     #[test]
     fn lab_edge_serves_spec_2_and_its_opskit_toml_points_at_it() {
-        let dir = tempfile::Builder::new()
-            .prefix("opskit-lab-nginx-")
-            .tempdir()
-            .unwrap();
-        let lab = LabBuilder::new(dir.path().join("lab"))
+        let lab = LabBuilder::temporary("opskit-lab-nginx-")
+            .unwrap()
             .with(Component::Nginx)
             .up()
             .unwrap();
