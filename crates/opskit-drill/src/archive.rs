@@ -9,6 +9,7 @@ use opskit_core::config::Config;
 use opskit_core::engine::{OutcomeKind, RunSummary};
 use opskit_core::plan::PlanDescription;
 use opskit_lab::lab::LabView;
+use opskit_lab::seed::{SeedCounts, SeedSpec};
 use opskit_lab::{Component, LabState, MariadbServer, SftpServer, WebhookReceiver};
 
 use crate::report::{Check, DrillReport};
@@ -19,72 +20,9 @@ const RUNBOOK: &str = "archive";
 /// The drilled month; its neighbours are seeded too and must survive.
 const MONTH: &str = "2024-01";
 
-/// Rows per month of the drill data: `rows` in the month, a tenth in each neighbour, plus
-/// four rows whose date field no month can match.
-fn seed_sql(rows: u64) -> String {
-    let side = (rows / 10).max(1);
-    format!(
-        "USE test;
-         DROP TABLE IF EXISTS test.user_logs;
-         CREATE TABLE test.user_logs (id BIGINT AUTO_INCREMENT PRIMARY KEY, create_on VARCHAR(32) NULL,
-           user_id INT NOT NULL, action VARCHAR(32) NOT NULL, payload VARCHAR(200) NOT NULL,
-           KEY idx_create_on (create_on)) ENGINE=InnoDB;
-         INSERT INTO test.user_logs (create_on, user_id, action, payload)
-           SELECT DATE_FORMAT(TIMESTAMP('2024-01-01') + INTERVAL (seq * 2678399 DIV {rows}) SECOND, '%Y-%m-%d %H:%i:%s'),
-                  seq % 1000, 'login', CONCAT(MD5(seq), MD5(seq + 1), MD5(seq + 2))
-           FROM seq_0_to_{last};
-         INSERT INTO test.user_logs (create_on, user_id, action, payload)
-           SELECT DATE_FORMAT(TIMESTAMP('2023-12-01') + INTERVAL (seq * 2678399 DIV {side}) SECOND, '%Y-%m-%d %H:%i:%s'),
-                  seq % 1000, 'view', MD5(seq) FROM seq_0_to_{side_last};
-         INSERT INTO test.user_logs (create_on, user_id, action, payload)
-           SELECT DATE_FORMAT(TIMESTAMP('2024-02-01') + INTERVAL (seq * 2505599 DIV {side}) SECOND, '%Y-%m-%d %H:%i:%s'),
-                  seq % 1000, 'view', MD5(seq) FROM seq_0_to_{side_last};
-         INSERT INTO test.user_logs (create_on, user_id, action, payload) VALUES
-           (NULL, 1, 'anomaly', 'missing date'), ('2024-1-5 3:03:11', 1, 'anomaly', 'unpadded'),
-           ('2024-01-05T03:03:11', 1, 'anomaly', 'iso T'), ('', 1, 'anomaly', 'empty');",
-        last = rows - 1,
-        side_last = side - 1,
-    )
-}
-
-/// Counts of the drilled month, its neighbours and the anomalies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    month: u64,
-    before: u64,
-    after: u64,
-    anomalies: u64,
-}
-
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{MONTH}: {} rows, 2023-12: {}, 2024-02: {}, bad dates: {}",
-            self.month, self.before, self.after, self.anomalies
-        )
-    }
-}
-
-fn counts(db: &MariadbServer) -> anyhow::Result<Counts> {
-    let out = db.sql(
-        "SELECT SUM(create_on >= '2024-01-01 00:00:00' AND create_on < '2024-02-01 00:00:00' AND action <> 'anomaly'),
-                SUM(create_on >= '2023-12-01 00:00:00' AND create_on < '2024-01-01 00:00:00'),
-                SUM(create_on >= '2024-02-01 00:00:00' AND create_on < '2024-03-01 00:00:00'),
-                SUM(action = 'anomaly')
-         FROM test.user_logs",
-    )?;
-    let v: Vec<u64> = out
-        .split_whitespace()
-        .map(|s| s.parse().unwrap_or(0))
-        .collect();
-    anyhow::ensure!(v.len() == 4, "unexpected count output {out:?}");
-    Ok(Counts {
-        month: v[0],
-        before: v[1],
-        after: v[2],
-        anomalies: v[3],
-    })
+/// The drill's data: `rows` in the month, a tenth in each neighbour, four bad dates.
+fn seed(rows: u64) -> anyhow::Result<SeedSpec> {
+    SeedSpec::new(MONTH.parse().map_err(anyhow::Error::msg)?, rows)
 }
 
 /// Resets what earlier drills left: journals, staged files and uploaded archives.
@@ -114,7 +52,8 @@ struct Rig {
     sftp: SftpServer,
     webhook: WebhookReceiver,
     config: Config,
-    seeded: Counts,
+    spec: SeedSpec,
+    seeded: SeedCounts,
 }
 
 fn rig(opskit: &Opskit, state: &LabState, rows: u64) -> anyhow::Result<Rig> {
@@ -123,13 +62,14 @@ fn rig(opskit: &Opskit, state: &LabState, rows: u64) -> anyhow::Result<Rig> {
     let webhook = WebhookReceiver::from_state(state)?;
     let config = Config::load_file(opskit.config())?;
     reset(&config, &sftp)?;
-    db.sql(&seed_sql(rows))?;
-    let seeded = counts(&db)?;
+    let spec = seed(rows)?;
+    let seeded = spec.into_mariadb(&db)?;
     Ok(Rig {
         db,
         sftp,
         webhook,
         config,
+        spec,
         seeded,
     })
 }
@@ -166,7 +106,7 @@ fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport)
     report.push(Check::new(
         RUNBOOK,
         "seed test.user_logs",
-        rig.seeded.month == rows.max(10) && rig.seeded.anomalies == 4,
+        rig.seeded == rig.spec.counts(),
         rig.seeded.to_string(),
         clock.elapsed().as_secs_f64(),
     ));
@@ -212,7 +152,7 @@ fn expect_code(inv: &crate::run::Invocation, want: i32, what: &str) -> anyhow::R
 }
 
 fn unchanged(rig: &Rig) -> anyhow::Result<()> {
-    let now = counts(&rig.db)?;
+    let now = rig.spec.count_mariadb(&rig.db)?;
     anyhow::ensure!(
         now == rig.seeded,
         "rows changed: seeded {}, now {now}",
@@ -297,7 +237,7 @@ fn staged_file(opskit: &Opskit) -> anyhow::Result<std::path::PathBuf> {
 fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
     let inv = opskit.run(&["--output", "json", "archive", "run", "--month", MONTH])?;
     expect_code(&inv, 0, "archive run")?;
-    let now = counts(&rig.db)?;
+    let now = rig.spec.count_mariadb(&rig.db)?;
     anyhow::ensure!(now.month == 0, "{} rows of {MONTH} remain", now.month);
     anyhow::ensure!(
         now.before == rig.seeded.before
@@ -373,24 +313,11 @@ fn restore(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
         &rig.db.uri(),
     ])?;
     expect_code(&inv, 0, "archive restore")?;
-    let now = counts(&rig.db)?;
+    let now = rig.spec.count_mariadb(&rig.db)?;
     anyhow::ensure!(
         now == rig.seeded,
         "after restore {now}, seeded {}",
         rig.seeded
     );
     Ok(format!("{} rows back; {}", now.month, inv.stdout.trim()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_sql_sizes_the_month_and_its_neighbours() {
-        let sql = seed_sql(1000);
-        assert!(sql.contains("seq_0_to_999"));
-        assert!(sql.contains("seq_0_to_99;"));
-        assert!(sql.contains("'2024-1-5 3:03:11'"));
-    }
 }

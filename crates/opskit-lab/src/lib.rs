@@ -50,11 +50,13 @@
 pub mod components;
 pub mod daemon;
 pub mod lab;
+pub mod seed;
 pub mod state;
 pub mod webhook;
 
 pub use components::Component;
 pub use components::mariadb::{MariadbInstance, MariadbServer};
+pub use components::mongodb::MongodbServer;
 pub use components::nginx::EdgeServer;
 pub use components::nginx::files::BOT_MARKER;
 pub use components::sshd::SftpServer;

@@ -227,13 +227,14 @@ fn only_env_dir_and_exit_codes() {
 
     // Bad usage: exit 2.
     let out = opskit()
-        .args(["lab", "up", "--only", "mongodb", "--dir"])
+        .args(["lab", "up", "--only", "oracle", "--dir"])
         .arg(&dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("[possible values: sshd, mariadb, webhook")
+        String::from_utf8_lossy(&out.stderr)
+            .contains("[possible values: sshd, mariadb, mongodb, webhook")
     );
 
     // --purge of a directory that is not a lab: refused, exit 3, nothing deleted.

@@ -112,6 +112,8 @@ registry! {
     Sshd("sshd") => sshd::Sshd,
     /// One MariaDB server with database `test`: the archive's MySQL source.
     Mariadb("mariadb") => mariadb::Mariadb,
+    /// A MongoDB-compatible server (SecantusDB, not MongoDB): the archive's `mongodb://` source.
+    Mongodb("mongodb") => mongodb::Mongodb,
     /// A tiny HTTP server recording every alert POST to `<lab>/webhook/received.jsonl`.
     Webhook("webhook") => webhook::Webhook,
     /// The ipo.com edge (spec §2): nginx with the rendered config, php-fpm, a bot upstream.
@@ -400,8 +402,8 @@ mod tests {
             Component::ALL.len(),
             "duplicate component name"
         );
-        let e = "mongodb".parse::<Component>().unwrap_err();
-        assert!(e.contains("sshd, mariadb"), "{e}");
+        let e = "oracle".parse::<Component>().unwrap_err();
+        assert!(e.contains("sshd, mariadb, mongodb"), "{e}");
     }
 
     #[test]

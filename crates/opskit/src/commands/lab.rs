@@ -1,4 +1,4 @@
-//! `opskit lab up|down|status`: real servers on loopback for rehearsal (see `opskit_lab`).
+//! `opskit lab up|down|status|seed`: real servers on loopback for rehearsal (see `opskit_lab`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -51,6 +51,22 @@ pub enum LabAction {
         /// The lab directory.
         #[command(flatten)]
         dir: LabDir,
+    },
+    /// Fill test.user_logs in the lab's MariaDB and MongoDB-compatible server with a realistic
+    /// month (its neighbours get a tenth each, plus four documents with bad dates).
+    Seed {
+        /// The lab directory.
+        #[command(flatten)]
+        dir: LabDir,
+        /// The month to fill.
+        #[arg(long, value_name = "YYYY-MM", default_value = "2024-01")]
+        month: opskit_core::config::value::Month,
+        /// Documents in the month.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        rows: u64,
+        /// Only these sources, comma-separated [default: every one the lab runs].
+        #[arg(long, value_delimiter = ',', value_name = "NAMES", value_parser = component_parser())]
+        only: Vec<Component>,
     },
     /// Run the lab's alert webhook receiver in the foreground (started by `lab up`).
     #[command(hide = true)]
@@ -143,6 +159,28 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
                             _ => "DEAD",
                         }
                     );
+                }
+            }
+            Ok(ExitStatus::Success)
+        }
+        LabAction::Seed {
+            dir,
+            month,
+            rows,
+            only,
+        } => {
+            let spec = opskit_lab::seed::SeedSpec::new(month, rows)
+                .map_err(|e| OpsError::Usage(format!("--rows: {e}")))?;
+            let state = opskit_lab::LabState::load(
+                &std::path::absolute(&dir.dir)
+                    .map_err(|e| OpsError::Usage(format!("--dir {}: {e}", dir.dir.display())))?,
+            )?;
+            let report = opskit_lab::seed::seed_lab(&state, &spec, &only)?;
+            if json {
+                print_json(&report);
+            } else {
+                for s in &report.sources {
+                    println!("{}: test.user_logs in {}: {}", s.component, s.uri, s.counts);
                 }
             }
             Ok(ExitStatus::Success)
