@@ -8,6 +8,9 @@
 //!  "failed_at":"2024-02-01T01:03:12Z","journal":"/var/lib/opskit/journal/archive/archive-2024-01.jsonl"}
 //! ```
 //! Delivery failure never hides the run's own failure: the caller logs it and keeps exit 1.
+//!
+//! A wrapper that alerts only when opskit could not (the cron script) sets
+//! [`RECEIPT_ENV`] to a file: each delivered alert appends one line to it.
 
 use std::time::Duration;
 
@@ -17,6 +20,10 @@ use serde::Serialize;
 
 use crate::config::AlertConfig;
 use crate::config::value::HttpUrl;
+
+/// The environment variable naming a file that gets one line per delivered alert
+/// (`<run_key> <step>`), so a wrapper knows opskit already alerted.
+pub const RECEIPT_ENV: &str = "OPSKIT_ALERT_RECEIPT";
 
 /// The JSON body POSTed to the webhook.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,6 +44,68 @@ pub struct AlertPayload {
     pub failed_at: DateTime<Utc>,
     /// The journal file, for the on-call engineer.
     pub journal: String,
+}
+
+impl AlertPayload {
+    /// A payload for a failure of `run_key` at `step`, now, on this host.
+    pub fn now(
+        runbook: &str,
+        run_key: &str,
+        step: &str,
+        error: &str,
+        started_at: DateTime<Utc>,
+        journal: &str,
+    ) -> AlertPayload {
+        AlertPayload {
+            runbook: runbook.to_string(),
+            run_key: run_key.to_string(),
+            step: step.to_string(),
+            error: error.to_string(),
+            host: crate::util::hostname(),
+            started_at,
+            failed_at: Utc::now(),
+            journal: journal.to_string(),
+        }
+    }
+
+    /// The `Idempotency-Key` header: the same on every retry of this alert.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}-{}", self.run_key, self.failed_at.timestamp())
+    }
+}
+
+/// Sends `payload` with the alert settings of `cfg` (nothing when no webhook is configured)
+/// and logs what happened; never fails, so the caller's own error is what the operator sees.
+/// For failures outside the engine (a refusal before a plan exists, a panic).
+pub fn send_best_effort(cfg: &AlertConfig, payload: &AlertPayload) {
+    match Alerter::from_config(cfg) {
+        Ok(Some(alerter)) => {
+            if let Err(e) = alerter.send(payload) {
+                tracing::error!("the failure alert could not be delivered: {e:#}");
+            }
+        }
+        Ok(None) => tracing::debug!("no alert.webhook_url: not alerting"),
+        Err(e) => tracing::error!("the failure alert could not be sent: {e:#}"),
+    }
+}
+
+/// Appends `<run_key> <step>` to the receipt file of [`RECEIPT_ENV`], if one is set.
+fn write_receipt(payload: &AlertPayload) {
+    let Some(path) = std::env::var_os(RECEIPT_ENV).filter(|p| !p.is_empty()) else {
+        return;
+    };
+    use std::io::Write as _;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{} {}", payload.run_key, payload.step));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot write the alert receipt {}: {e}",
+            path.to_string_lossy()
+        );
+    }
 }
 
 /// Sends alerts to one webhook.
@@ -97,10 +166,7 @@ impl Alerter {
                 .agent
                 .post(self.url.as_str())
                 .header("Content-Type", "application/json")
-                .header(
-                    "Idempotency-Key",
-                    format!("{}-{}", payload.run_key, payload.failed_at.timestamp()),
-                )
+                .header("Idempotency-Key", payload.idempotency_key())
                 .send(body.as_str())
             {
                 Ok(resp) => {
@@ -111,6 +177,7 @@ impl Alerter {
                             attempt = attempt + 1,
                             "failure alert delivered"
                         );
+                        write_receipt(payload);
                         return Ok(());
                     }
                     last_error = format!("HTTP {status}");

@@ -5,6 +5,10 @@
 //! completed, the completed undoable steps are undone in reverse order. Then the alert is
 //! raised and the metrics file written. A run whose journal says it succeeded is not run
 //! again: it reports [`RunOutcome::AlreadyDone`].
+//!
+//! A panic inside a step is a failure of that step (undo, alert, journal) like any other; an
+//! error of the engine itself (a read-only state directory, an unreadable journal) still
+//! raises the alert before it is returned, so "exit 1" always means "the webhook was called".
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -176,10 +180,12 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Takes `<state_dir>/locks/<runbook>.lock` without waiting; `Err` names the holder.
+    /// Takes `<state_dir>/locks/<runbook>.lock` (0600 in a 0700 directory) without waiting;
+    /// `Err` names the holder.
     pub fn acquire(state_dir: &Path, runbook: &str) -> anyhow::Result<Result<RunLock, String>> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let dir = state_dir.join("locks");
-        std::fs::create_dir_all(&dir)
+        util::create_private_dir_all(&dir)
             .with_context(|| format!("creating lock directory {}", dir.display()))?;
         let path = dir.join(format!("{runbook}.lock"));
         let mut file = OpenOptions::new()
@@ -187,6 +193,8 @@ impl RunLock {
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("opening lock {}", path.display()))?;
         match file.try_lock() {
@@ -211,9 +219,35 @@ impl RunLock {
 }
 
 /// Runs a plan to completion, failure or refusal. `Err` means the engine itself could not
-/// work (state directory unwritable, lock error); step failures are a [`RunOutcome`].
+/// work (state directory unwritable, lock error); the alert has been raised for it too. Step
+/// failures (panics included) are a [`RunOutcome`].
 pub fn run(plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
     let started_at = Utc::now();
+    let (runbook, run_key) = (plan.runbook.clone(), plan.run_key.clone());
+    let journal = Journal::path_for(&opts.state_dir, &runbook, &run_key);
+    run_journaled(plan, opts, started_at).inspect_err(|e| {
+        tracing::error!("the run could not go on: {e:#}");
+        if let Some(alerter) = opts.alerter {
+            let payload = AlertPayload::now(
+                &runbook,
+                &run_key,
+                "run",
+                &format!("{e:#}"),
+                started_at,
+                &journal.display().to_string(),
+            );
+            if let Err(e) = alerter.send(&payload) {
+                tracing::error!("the failure alert could not be delivered: {e:#}");
+            }
+        }
+    })
+}
+
+fn run_journaled(
+    plan: Plan,
+    opts: &EngineOptions,
+    started_at: DateTime<Utc>,
+) -> anyhow::Result<RunReport> {
     let clock = Instant::now();
     let journal_path = Journal::path_for(&opts.state_dir, &plan.runbook, &plan.run_key);
     let mut report = RunReport {
@@ -357,13 +391,15 @@ impl Runner<'_> {
         let resumed = self.started_steps.contains(&self.plan.steps[i].spec.id);
         let mut action = std::mem::replace(&mut self.plan.steps[i].action, Box::new(Placeholder));
         let mut cx = self.context(resumed);
-        let result = action
-            .precondition(&mut cx)
-            .and_then(|()| {
-                *changed = true;
-                action.execute(&mut cx)
-            })
-            .and_then(|()| action.verify(&mut cx));
+        let result = catch_panic(|| {
+            action
+                .precondition(&mut cx)
+                .and_then(|()| {
+                    *changed = true;
+                    action.execute(&mut cx)
+                })
+                .and_then(|()| action.verify(&mut cx))
+        });
         let recorded = cx.take_recorded();
         self.plan.steps[i].action = action;
         result.map(|()| recorded)
@@ -427,7 +463,7 @@ impl Runner<'_> {
             tracing::warn!(step = %id, "undoing");
             let mut action =
                 std::mem::replace(&mut self.plan.steps[j].action, Box::new(Placeholder));
-            let result = action.undo(&mut self.context(false));
+            let result = catch_panic(|| action.undo(&mut self.context(false)));
             self.plan.steps[j].action = action;
             match result {
                 Ok(()) => {
@@ -447,6 +483,26 @@ impl Runner<'_> {
         }
         Ok(true)
     }
+}
+
+/// Runs a step phase; a panic in it becomes that step's failure (the message kept), so the
+/// run is journaled, undone and alerted like any other failure.
+fn catch_panic(f: impl FnOnce() -> crate::plan::StepResult) -> crate::plan::StepResult {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(StepError::Failed(anyhow::anyhow!(
+            "internal error (panic): {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
+
+/// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Stands in for a step's action while it runs (the action needs `&mut self` of the runner).

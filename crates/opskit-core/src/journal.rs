@@ -1,8 +1,9 @@
 //! The run journal: one JSON object per line, fsynced after every line, so a run killed at any
 //! moment (even with `kill -9`) can be resumed from what it recorded.
 //!
-//! File: `<state_dir>/journal/<runbook>/<run_key>.jsonl`. The journal never holds secrets:
-//! steps record counts, checksums, paths and identifiers only.
+//! File: `<state_dir>/journal/<runbook>/<run_key>.jsonl`, mode 0600 in 0700 directories
+//! whatever the umask. The journal never holds secrets: steps record counts, checksums, paths
+//! and identifiers only.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -170,17 +171,23 @@ impl Journal {
         Ok(state)
     }
 
-    /// Opens (creating directories) a journal for appending.
+    /// Opens (creating 0700 directories) a journal for appending; the file is 0600.
     pub fn open(path: &Path, run_id: &str) -> anyhow::Result<Journal> {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::util::create_private_dir_all(dir)
                 .with_context(|| format!("creating journal directory {}", dir.display()))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .with_context(|| format!("opening journal {}", path.display()))?;
+        // A journal written by an older version (or under another umask) becomes 0600 too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of journal {}", path.display()))?;
         Ok(Journal {
             path: path.to_path_buf(),
             file,
@@ -246,6 +253,21 @@ mod tests {
         assert_eq!(s.attempts, 1);
         assert_eq!(s.done.len(), 1);
         assert_eq!(s.done["a"]["count"], 7);
+    }
+
+    #[test]
+    fn journals_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal/archive/j.jsonl");
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0) };
+        let opened = Journal::open(&p, "r1");
+        unsafe { libc::umask(old) };
+        opened.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(p.parent().unwrap()), 0o700);
     }
 
     #[test]

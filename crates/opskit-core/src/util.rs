@@ -62,6 +62,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Creates `dir` and its missing parents with mode 0700 whatever the umask (existing
+/// directories are left as they are): journals, locks and staged archives live under such
+/// directories and are nobody else's business.
+pub fn create_private_dir_all(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    // The umask may have removed bits of 0700; a 0700 directory is what was asked for.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
 /// Creates a new file (never an existing one, never through a symlink) with `mode`.
 pub fn create_new_private(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -87,6 +105,19 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn private_dirs_are_0700_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("a/b");
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0) };
+        let made = create_private_dir_all(&d);
+        unsafe { libc::umask(old) };
+        made.unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

@@ -164,3 +164,63 @@ fn a_second_run_is_refused_while_the_lock_is_held() {
     );
     assert!(read_trace(d).is_empty());
 }
+
+/// A step that panics (a bug anywhere in a runbook).
+struct Panics;
+
+impl opskit_core::plan::StepAction for Panics {
+    fn execute(
+        &mut self,
+        _cx: &mut opskit_core::plan::StepContext,
+    ) -> opskit_core::plan::StepResult {
+        panic!("index out of bounds in a runbook");
+    }
+}
+
+#[test]
+fn a_panicking_step_is_a_failure_that_undoes_journals_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hook = webhook(vec![200]);
+    let a = alerter(&hook.url, 0);
+    let mut plan = trace_plan(d, &["a"], "", "", "");
+    plan.step(opskit_core::plan::StepSpec::new("boom", "panics"), Panics);
+    let report = engine::run(plan, &options(d, Some(&a), None)).unwrap();
+    assert!(
+        matches!(
+            report.outcome,
+            RunOutcome::Failed { ref step, ref error, rolled_back: true } if step == "boom" && error.contains("index out of bounds")
+        ),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(read_trace(d), ["run a", "undo a"]);
+    let state = Journal::read_state(&report.journal).unwrap();
+    assert_eq!(state.last_outcome, Some(Outcome::RolledBack));
+    let bodies = hook.bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 1);
+    assert!(bodies[0].contains("panic"), "{}", bodies[0]);
+}
+
+#[test]
+fn an_unusable_state_directory_still_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hook = webhook(vec![200]);
+    let a = alerter(&hook.url, 0);
+    // A regular file where the state directory should be: nothing can be created in it,
+    // whoever runs the test (root ignores permission bits, not file types).
+    std::fs::write(d.join("state"), b"not a directory").unwrap();
+    let plan = trace_plan(d, &["a"], "", "", "");
+    let e = engine::run(plan, &options(d, Some(&a), None)).unwrap_err();
+    assert!(format!("{e:#}").contains("lock directory"), "{e:#}");
+    assert!(read_trace(d).is_empty());
+    let bodies = hook.bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 1, "the engine's own failure is alerted");
+    let v: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(v["step"], "run");
+    assert!(
+        v["error"].as_str().unwrap().contains("lock directory"),
+        "{v}"
+    );
+}
