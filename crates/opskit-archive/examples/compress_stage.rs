@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         bounds: MonthBounds::new(
             "2024-01".parse().map_err(anyhow::Error::msg)?,
             chrono_tz::UTC,
-        ),
+        )?,
     };
     let mut reader = DocumentReader::new(std::io::BufReader::with_capacity(
         1 << 20,

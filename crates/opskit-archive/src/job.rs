@@ -31,18 +31,29 @@ pub struct ArchiveJob {
     pub pass: u32,
 }
 
+/// The month a run without `--month` archives: the previous calendar month in the writers'
+/// zone (`general.timezone`) at `now`.
+pub fn default_month(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Month {
+    Month::previous_in(config.general.timezone.tz(), now)
+}
+
 impl ArchiveJob {
-    /// The job for `month` (default: the previous calendar month in the writers' zone).
-    pub fn new(config: &Config, month: Option<Month>, state_dir: &Path) -> ArchiveJob {
+    /// The job for `month` (default: [`default_month`] now). A month outside the archivable
+    /// range is a usage error (see [`MonthBounds::new`]).
+    pub fn new(
+        config: &Config,
+        month: Option<Month>,
+        state_dir: &Path,
+    ) -> anyhow::Result<ArchiveJob> {
         let tz = config.general.timezone.tz();
-        let month = month.unwrap_or_else(|| Month::previous_in(tz, chrono::Utc::now()));
-        ArchiveJob {
+        let month = month.unwrap_or_else(|| default_month(config, chrono::Utc::now()));
+        Ok(ArchiveJob {
             config: config.archive.clone(),
             tz,
             state_dir: state_dir.to_path_buf(),
-            bounds: MonthBounds::new(month, tz),
+            bounds: MonthBounds::new(month, tz)?,
             pass: 0,
-        }
+        })
     }
 
     /// The same job for another pass.
@@ -82,10 +93,36 @@ impl ArchiveJob {
         } else {
             format!("-late{}", self.pass)
         };
+        format!("{}{late}", self.month_key())
+    }
+
+    /// The key of the month, whatever the pass: `archive-test.user_logs-2024-01`.
+    pub fn month_key(&self) -> String {
+        format!("{}{}", journal_prefix(&self.config), self.bounds.month)
+    }
+
+    /// `test.user_logs.2024-01`: what the month's files are named after.
+    pub fn month_name(&self) -> String {
         format!(
-            "archive-{}.{}-{}{late}",
+            "{}.{}.{}",
             self.config.database, self.config.collection, self.bounds.month
         )
+    }
+
+    /// The month's run lock, in the staging directory beside the files it protects (so runs
+    /// with different state directories still exclude each other).
+    pub fn month_lock_path(&self) -> PathBuf {
+        self.config
+            .staging_dir
+            .path()
+            .join(format!(".{}.lock", self.month_name()))
+    }
+
+    /// Written by a restore into the archived source: scheduled runs skip the month.
+    pub fn restored_mark(&self) -> PathBuf {
+        self.state_dir
+            .join("archive")
+            .join(format!("{}.restored.json", self.month_key()))
     }
 
     /// The purge checkpoint (ids already sent), in the state directory.
@@ -102,6 +139,34 @@ impl ArchiveJob {
         self.state_dir
             .join("archive")
             .join(format!("{}.uploaded", self.run_key()))
+    }
+
+    /// The manifest of the staged archive.
+    pub fn load_manifest(&self) -> anyhow::Result<crate::staged::ArchiveManifest> {
+        let m = crate::staged::ArchiveManifest::load(&crate::staged::ArchiveManifest::path_for(
+            &self.local_path(),
+        ))?;
+        anyhow::ensure!(
+            m.file == self.file_name(),
+            "the manifest beside {} describes {}, not this archive",
+            self.local_path().display(),
+            m.file
+        );
+        Ok(m)
+    }
+
+    /// True once the purge of this job has sent at least one batch: from then on the staged
+    /// and uploaded archives are the only copy of those documents and are never undone.
+    pub fn purge_began(&self) -> bool {
+        self.purge_checkpoint().exists()
+    }
+
+    /// The sha256 of the archive already at its final remote name, if the upload got that far.
+    pub fn uploaded_sha(&self) -> Option<String> {
+        std::fs::read_to_string(self.uploaded_marker())
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// The journal file of this job.
@@ -130,6 +195,12 @@ impl ArchiveJob {
         BackupHost::new(&self.config.sftp, &self.ssh_control_dir())
     }
 
+    /// The backup host with its ssh control socket in `control_dir` (for `plan`, which must
+    /// not create anything in the state directory).
+    pub fn backup_host_at(&self, control_dir: &Path) -> anyhow::Result<BackupHost> {
+        BackupHost::new(&self.config.sftp, control_dir)
+    }
+
     /// The first pass of this month that has not succeeded, and the last one that did.
     pub fn current_pass(&self) -> anyhow::Result<(ArchiveJob, Option<ArchiveJob>)> {
         let mut pass = 0;
@@ -143,6 +214,45 @@ impl ArchiveJob {
             pass += 1;
         }
     }
+}
+
+/// `archive-test.user_logs-`: every journal of this collection starts with it.
+pub fn journal_prefix(config: &ArchiveConfig) -> String {
+    format!("archive-{}.{}-", config.database, config.collection)
+}
+
+/// The directory of the archive journals.
+pub fn journal_dir(state_dir: &Path) -> PathBuf {
+    Journal::path_for(state_dir, RUNBOOK, "x")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| state_dir.join("journal").join(RUNBOOK))
+}
+
+/// The months of this collection that have a journal in `state_dir` (any pass), ascending.
+/// Journal names are `<prefix><YYYY-MM>[-lateN].jsonl`.
+pub fn journaled_months(config: &ArchiveConfig, state_dir: &Path) -> Vec<Month> {
+    let prefix = journal_prefix(config);
+    let mut months: Vec<Month> = std::fs::read_dir(journal_dir(state_dir))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_str()?.to_string();
+                    let rest = name.strip_prefix(&prefix)?.strip_suffix(".jsonl")?;
+                    let (month, late) = rest.split_at_checked(7)?;
+                    let pass_ok = late.is_empty()
+                        || late.strip_prefix("-late").is_some_and(|n| {
+                            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                        });
+                    pass_ok.then(|| month.parse().ok()).flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    months.sort();
+    months.dedup();
+    months
 }
 
 /// A source opened on first use and shared by the steps of one run.
@@ -211,7 +321,8 @@ mod tests {
             &config,
             Some("2024-01".parse().unwrap()),
             Path::new("/var/lib/opskit"),
-        );
+        )
+        .unwrap();
         assert_eq!(job.file_name(), "test.user_logs.2024-01.bson.gz");
         assert_eq!(job.run_key(), "archive-test.user_logs-2024-01");
         let late = job.with_pass(2);
@@ -221,12 +332,41 @@ mod tests {
             late.purge_checkpoint(),
             Path::new("/var/lib/opskit/archive/archive-test.user_logs-2024-01-late2.purge.json")
         );
+        assert_eq!(late.month_key(), "archive-test.user_logs-2024-01");
+        assert_eq!(
+            late.month_lock_path(),
+            Path::new("/var/lib/opskit/archive/.test.user_logs.2024-01.lock")
+        );
+    }
+
+    #[test]
+    fn journaled_months_are_read_back_from_journal_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::default();
+        let jd = journal_dir(dir.path());
+        std::fs::create_dir_all(&jd).unwrap();
+        for name in [
+            "archive-test.user_logs-2024-01.jsonl",
+            "archive-test.user_logs-2024-01-late1.jsonl",
+            "archive-test.user_logs-2023-11-late12.jsonl",
+            "archive-test.user_logs-2023-10-latex.jsonl",
+            "archive-test.user_logs_old-2023-09.jsonl",
+            "archive-other.coll-2023-08.jsonl",
+            "archive-test.user_logs-2023-07.jsonl.tmp",
+        ] {
+            std::fs::write(jd.join(name), "").unwrap();
+        }
+        let months: Vec<String> = journaled_months(&config.archive, dir.path())
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(months, ["2023-11", "2024-01"]);
     }
 
     #[test]
     fn default_month_is_the_previous_one_in_the_writers_zone() {
         let config = Config::default();
-        let job = ArchiveJob::new(&config, None, Path::new("/x"));
+        let job = ArchiveJob::new(&config, None, Path::new("/x")).unwrap();
         let expected = Month::previous_in(config.general.timezone.tz(), chrono::Utc::now());
         assert_eq!(job.bounds.month, expected);
     }

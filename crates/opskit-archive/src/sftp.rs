@@ -11,6 +11,12 @@
 //! 4. hard-link it to `<name>` (fails if `<name>` appeared meanwhile: never overwrites), or
 //!    posix-rename when the server lacks hard links, then remove the temporary name;
 //! 5. upload the manifest beside it.
+//!
+//! Before anything is exported, [`BackupHost::preflight`] proves the host usable (it answers,
+//! its host key matches known_hosts, the remote directory exists or is created, and a probe
+//! file can be written and removed there). [`BackupHost::look`] is the read-only variant for
+//! `plan`: it creates nothing, neither remotely nor locally. A changed host key is reported as
+//! [`HostKeyMismatch`], never as a plain connection failure.
 
 use std::io::{Read as _, Seek as _};
 use std::num::NonZeroUsize;
@@ -27,6 +33,39 @@ use tokio::io::AsyncSeek as _;
 
 use crate::staged::ArchiveManifest;
 use crate::testhook::pause_point;
+
+/// The backup host presented a key that known_hosts does not hold for it: a changed server
+/// (reinstalled, or someone in the middle). ssh refuses, and so does opskit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "host key mismatch: the key of the backup host `{host}` does not match the one in known_hosts \
+     (ssh: {ssh}); if the host was legitimately reinstalled, check its new key out of band and update \
+     known_hosts (ssh-keygen -R, then ssh {host} once); host-key checking is never turned off"
+)]
+pub struct HostKeyMismatch {
+    /// The ssh_config alias.
+    pub host: String,
+    /// What ssh said.
+    pub ssh: String,
+}
+
+/// What ssh says when the host key is not the known one (mismatch, or unknown with strict
+/// checking); OpenSSH's own wording since 5.x.
+const HOST_KEY_SIGNS: &[&str] = &[
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "host key for",
+];
+
+/// What `look` found on the backup host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteDir {
+    /// The remote directory exists.
+    Exists,
+    /// It does not exist yet; the run creates it.
+    WillBeCreated,
+}
 
 /// What is at the final remote name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +156,7 @@ impl BackupHost {
     }
 
     async fn connect(&self) -> anyhow::Result<Sftp> {
-        std::fs::create_dir_all(&self.control_dir)
-            .with_context(|| format!("creating {}", self.control_dir.display()))?;
+        opskit_core::util::create_private_dir_all(&self.control_dir)?;
         let mut b = SessionBuilder::default();
         b.known_hosts_check(KnownHosts::Strict)
             .connect_timeout(self.timeout)
@@ -132,12 +170,28 @@ impl BackupHost {
             b.config_file(c);
         }
         let what = format!("connecting to the backup host `{}` over ssh", self.host);
-        let session = within(
+        let session = match tokio::time::timeout(
             self.timeout + Duration::from_secs(5),
-            &what,
             b.connect(&self.host),
         )
-        .await?;
+        .await
+        {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                let said = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                if HOST_KEY_SIGNS.iter().any(|sign| said.contains(sign)) {
+                    return Err(HostKeyMismatch {
+                        host: self.host.clone(),
+                        ssh: said.lines().last().unwrap_or("").trim().to_string(),
+                    }
+                    .into());
+                }
+                bail!("{what}: {e}: {said}");
+            }
+            Err(_) => bail!("{what}: no answer within {:?}", self.timeout),
+        };
         let sftp = within(
             self.timeout,
             &format!("starting sftp on `{}`", self.host),
@@ -147,14 +201,81 @@ impl BackupHost {
         Ok(sftp)
     }
 
-    /// Connects and checks that the remote directory exists or can be created.
-    pub fn ping(&self) -> anyhow::Result<()> {
+    /// Read-only look (for `plan`): connects and checks whether the remote directory exists.
+    /// Creates nothing on the host (the ssh control socket lives where the caller said).
+    pub fn look(&self) -> anyhow::Result<RemoteDir> {
         self.rt.block_on(async {
             let sftp = self.connect().await?;
-            self.ensure_dir(&sftp).await?;
-            let _ = sftp.close().await;
-            Ok(())
+            let found = {
+                // Closing waits for every handle of the session: this one ends here.
+                let mut fs = sftp.fs();
+                within(self.timeout, "stat", fs.metadata(&self.remote_dir)).await
+            };
+            self.close(sftp).await;
+            Ok(match found {
+                Ok(m) if m.file_type().is_some_and(|t| !t.is_dir()) => bail!(
+                    "{} on {} exists and is not a directory",
+                    self.remote_dir,
+                    self.host
+                ),
+                Ok(_) => RemoteDir::Exists,
+                Err(_) => RemoteDir::WillBeCreated,
+            })
         })
+    }
+
+    /// Before the export: connects (host key checked), makes sure the remote directory exists,
+    /// then writes and removes a probe file in it, so an unwritable destination refuses the
+    /// run before anything was exported.
+    pub fn preflight(&self) -> anyhow::Result<()> {
+        self.rt.block_on(async {
+            let sftp = self.connect().await?;
+            let r = async {
+                self.ensure_dir(&sftp).await?;
+                let probe = remote_path(
+                    &self.remote_dir,
+                    &format!(".opskit-probe-{}", std::process::id()),
+                );
+                let what = format!(
+                    "writing a probe file in {} on {} (is the directory writable?)",
+                    self.remote_dir, self.host
+                );
+                let mut f = within(
+                    self.timeout,
+                    &what,
+                    sftp.options()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&probe),
+                )
+                .await?;
+                within(self.timeout, &what, f.write_all(b"opskit")).await?;
+                within(self.timeout, &what, f.close()).await?;
+                let mut fs = sftp.fs();
+                within(
+                    self.timeout,
+                    &format!("removing the probe file {probe} on {}", self.host),
+                    fs.remove_file(&probe),
+                )
+                .await?;
+                Ok::<(), anyhow::Error>(())
+            }
+            .await;
+            self.close(sftp).await;
+            r
+        })
+    }
+
+    /// Closes the SFTP session, waiting at most the request timeout (a session whose server
+    /// went away must not hang the run).
+    async fn close(&self, sftp: Sftp) {
+        if tokio::time::timeout(self.timeout, sftp.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("closing the SFTP session to {} timed out", self.host);
+        }
     }
 
     async fn ensure_dir(&self, sftp: &Sftp) -> anyhow::Result<()> {
@@ -244,23 +365,24 @@ impl BackupHost {
             let r = self
                 .state_of(&sftp, &remote_path(&self.remote_dir, &m.file), m)
                 .await;
-            let _ = sftp.close().await;
+            self.close(sftp).await;
             r
         })
     }
 
     /// Uploads `local` (described by `m`) with the protocol in the module docs.
-    /// `on_bytes(n)` is called as bytes are sent.
+    /// `on_bytes(n)` is called as bytes are sent; an error from it (a stop request) ends the
+    /// upload there, leaving the temporary file to be continued or removed.
     pub fn upload(
         &self,
         local: &Path,
         m: &ArchiveManifest,
-        on_bytes: &mut dyn FnMut(u64),
+        on_bytes: &mut dyn FnMut(u64) -> anyhow::Result<()>,
     ) -> anyhow::Result<UploadOutcome> {
         self.rt.block_on(async {
             let sftp = self.connect().await?;
             let r = self.upload_inner(&sftp, local, m, on_bytes).await;
-            let _ = sftp.close().await;
+            self.close(sftp).await;
             r
         })
     }
@@ -270,7 +392,7 @@ impl BackupHost {
         sftp: &Sftp,
         local: &Path,
         m: &ArchiveManifest,
-        on_bytes: &mut dyn FnMut(u64),
+        on_bytes: &mut dyn FnMut(u64) -> anyhow::Result<()>,
     ) -> anyhow::Result<UploadOutcome> {
         self.ensure_dir(sftp).await?;
         let final_path = remote_path(&self.remote_dir, &m.file);
@@ -315,7 +437,7 @@ impl BackupHost {
                 .start_seek(std::io::SeekFrom::Start(resume_at))
                 .with_context(|| format!("seeking in {tmp_path}"))?;
 
-            on_bytes(resume_at);
+            on_bytes(resume_at)?;
         }
         let mut buf = vec![0u8; 1 << 20];
         let mut sent = resume_at;
@@ -328,8 +450,8 @@ impl BackupHost {
             }
             within(self.timeout, &what, remote.write_all(&buf[..n])).await?;
             sent += n as u64;
-            on_bytes(n as u64);
             pause_point("upload", "bytes", sent);
+            on_bytes(n as u64)?;
         }
         if sftp.support_fsync() {
             within(
@@ -496,7 +618,7 @@ impl BackupHost {
                 )
                 .await?;
             }
-            let _ = sftp.close().await;
+            self.close(sftp).await;
             Ok(())
         })
     }

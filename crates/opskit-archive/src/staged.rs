@@ -8,11 +8,19 @@
 //! back in order, hashes them and writes `<name>.partial`. A file of concatenated gzip members
 //! is a valid gzip file (RFC 1952 §2.2): `gzip -d`, `pigz -d`, Go's `compress/gzip` (what
 //! `mongorestore --gzip` uses) and flate2's `MultiGzDecoder` all read it whole. Memory is
-//! bounded by the channels (a few MiB per thread), whatever the month's size. `finish` fsyncs, renames `.partial` to the final name, fsyncs the directory
-//! and only then writes the manifest atomically.
+//! bounded by the channels (a few MiB per thread), whatever the month's size. `finish` fsyncs,
+//! renames `.partial` to the final name, fsyncs the directory and only then writes the
+//! manifest atomically.
+//!
+//! Files are created with `O_EXCL | O_NOFOLLOW` and mode 0600 whatever the umask: a file or
+//! symlink planted at the `.partial` name is removed (never written through), so the final
+//! archive is always a regular file this process wrote. A writer that does not finish (an
+//! export error, a full disk, a panic) removes its `.partial`, and only if it is still the
+//! file it created.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -25,6 +33,67 @@ use sha2::{Digest, Sha256};
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentReader;
 use crate::source::{Record, RecordSink};
+
+/// The mode of staged archives and manifests.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Which file a path names: device and inode, so an undo removes only the file its own run
+/// created (a file put at the same name since, by another run or a person, is kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    /// The identity of what `path` names (the link itself for a symlink), if anything.
+    pub fn of_path(path: &Path) -> Option<FileIdentity> {
+        std::fs::symlink_metadata(path).ok().map(|m| FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// The identity of an open file.
+    pub fn of_file(f: &File) -> std::io::Result<FileIdentity> {
+        let m = f.metadata()?;
+        Ok(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// Removes `path` only when it is still the file `expected`; returns whether it did.
+pub fn remove_if_same(path: &Path, expected: FileIdentity) -> anyhow::Result<bool> {
+    match FileIdentity::of_path(path) {
+        Some(found) if found == expected => {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Creates `path` as a new private file: whatever sits at that name (a leftover of a crashed
+/// run, a planted file or symlink) is unlinked first, then the file is created with
+/// `O_EXCL | O_NOFOLLOW`, so nothing is ever written through a link.
+pub fn create_fresh(path: &Path) -> anyhow::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => bail!("{} is a directory", path.display()),
+        Ok(_) => std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
+    let f = opskit_core::util::create_new_private(path, FILE_MODE)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(f)
+}
 
 /// The format tag written in every manifest.
 pub const FORMAT: &str = "bson-concat+gzip/v1";
@@ -74,7 +143,7 @@ pub struct ArchiveManifest {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// The opskit version that wrote it.
     pub opskit_version: String,
-    /// How to restore it.
+    /// How to restore it (the same words as `opskit archive restore --help` and the runbook).
     pub restore: Vec<String>,
 }
 
@@ -88,6 +157,12 @@ impl ArchiveManifest {
 
     /// Reads and parses a manifest file.
     pub fn load(path: &Path) -> anyhow::Result<ArchiveManifest> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "manifest {} is a symlink; refusing to trust it",
+                path.display()
+            );
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading manifest {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing manifest {}", path.display()))
@@ -146,6 +221,8 @@ struct Compressed {
 pub struct ArchiveWriter {
     path: PathBuf,
     partial: PathBuf,
+    partial_id: FileIdentity,
+    finished: bool,
     identity: ArchiveIdentity,
     buf: Vec<u8>,
     tx: Option<SyncSender<(u64, Vec<u8>)>>,
@@ -162,8 +239,8 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Creates `<path>.partial` (truncating any leftover of a crashed run) and starts
-    /// `threads` compressor threads (0: one per core) at gzip `level`.
+    /// Creates `<path>.partial` afresh (see [`create_fresh`]) and starts `threads` compressor
+    /// threads (0: one per core) at gzip `level`.
     pub fn create(
         path: &Path,
         level: u32,
@@ -171,8 +248,9 @@ impl ArchiveWriter {
         identity: ArchiveIdentity,
     ) -> anyhow::Result<Self> {
         let partial = partial_path(path);
-        let file =
-            File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let file = create_fresh(&partial)?;
+        let partial_id = FileIdentity::of_file(&file)
+            .with_context(|| format!("inspecting {}", partial.display()))?;
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -198,6 +276,8 @@ impl ArchiveWriter {
         Ok(ArchiveWriter {
             path: path.to_path_buf(),
             partial,
+            partial_id,
+            finished: false,
             identity,
             buf: Vec::with_capacity(CHUNK + 64 * 1024),
             tx: Some(tx),
@@ -272,6 +352,12 @@ impl ArchiveWriter {
             self.send_chunk()?;
         }
         let compressed = self.join_worker()?;
+        if FileIdentity::of_path(&self.partial) != Some(self.partial_id) {
+            bail!(
+                "{} was replaced while the export wrote it; not using it",
+                self.partial.display()
+            );
+        }
         std::fs::rename(&self.partial, &self.path).with_context(|| {
             format!(
                 "renaming {} to {}",
@@ -311,27 +397,37 @@ impl ArchiveWriter {
             last_id: self.last_id.take().map(|b| b.into_relaxed_extjson()),
             created_at: chrono::Utc::now(),
             opskit_version: env!("CARGO_PKG_VERSION").into(),
-            restore: vec![
-                format!("opskit archive restore --file {file} --target <mysql://… or mongodb://…>"),
-                format!(
-                    "mongorestore --gzip --nsInclude={db}.{coll} --db={db} --collection={coll} {file}",
-                    db = id.database,
-                    coll = id.collection
-                ),
-            ],
+            restore: crate::restore::instructions(&file),
         };
+        // The archive is at its final name now: from here on it is not a partial file.
+        self.finished = true;
         opskit_core::util::write_atomic(
             &ArchiveManifest::path_for(&self.path),
             manifest.to_json().as_bytes(),
-            0o644,
+            FILE_MODE,
         )?;
         Ok(manifest)
     }
 
     /// Stops writing and removes the partial file (used when the export fails).
-    pub fn abandon(mut self) {
+    pub fn abandon(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ArchiveWriter {
+    /// An unfinished archive (export error, full disk, stop request, panic) leaves nothing
+    /// behind: the `.partial` is removed, if it is still the file this writer created.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         let _ = self.join_worker();
-        let _ = std::fs::remove_file(&self.partial);
+        match remove_if_same(&self.partial, self.partial_id) {
+            Ok(true) => tracing::debug!("removed the unfinished {}", self.partial.display()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e:#}"),
+        }
     }
 }
 
@@ -446,20 +542,7 @@ pub fn partial_path(path: &Path) -> PathBuf {
 /// sha256 (hex) and size of a file, read in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), total))
+    sha256_open(&mut f, path)
 }
 
 /// What a full check of a local archive found.
@@ -503,9 +586,36 @@ pub fn verify_local(path: &Path, manifest: &ArchiveManifest) -> anyhow::Result<L
 /// Opens an archive for reading documents back.
 pub fn open_documents(path: &Path) -> anyhow::Result<DocumentReader<impl Read + use<>>> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(DocumentReader::new(flate2::read::MultiGzDecoder::new(
-        BufReader::with_capacity(CHUNK, f),
+    Ok(documents_of(f))
+}
+
+/// Reads documents from an already open archive, from its start.
+pub fn documents_of(f: File) -> DocumentReader<impl Read> {
+    DocumentReader::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+        CHUNK, f,
     )))
+}
+
+/// sha256 (hex) and size of an open file, read from its start; the file is left at its start.
+pub fn sha256_open(f: &mut File, name: &Path) -> anyhow::Result<(String, u64)> {
+    f.rewind()
+        .with_context(|| format!("seeking in {}", name.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", name.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    f.rewind()
+        .with_context(|| format!("seeking in {}", name.display()))?;
+    Ok((hex::encode(hasher.finalize()), total))
 }
 
 /// Decodes every document of an archive and counts them.
@@ -532,7 +642,8 @@ mod tests {
             date_field: "create_on".into(),
             id_field: "id".into(),
             pass: 0,
-            bounds: MonthBounds::new("2024-01".parse().unwrap(), chrono_tz::Asia::Shanghai),
+            bounds: MonthBounds::new("2024-01".parse().unwrap(), chrono_tz::Asia::Shanghai)
+                .unwrap(),
         }
     }
 
@@ -594,6 +705,42 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = verify_local(&path, &m).unwrap_err().to_string();
         assert!(e.contains("does not match its manifest"), "{e}");
+    }
+
+    #[test]
+    fn staged_files_are_private_regular_files_even_with_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let path = dir.path().join("test.user_logs.2024-01.bson.gz");
+        std::os::unix::fs::symlink(&victim, partial_path(&path)).unwrap();
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0) };
+        let (path, m) = write(dir.path(), 10);
+        unsafe { libc::umask(old) };
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let mm = std::fs::metadata(ArchiveManifest::path_for(&path)).unwrap();
+        assert_eq!(mm.permissions().mode() & 0o777, 0o600);
+        verify_local(&path, &m).unwrap();
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bson.gz");
+        let w = ArchiveWriter::create(&path, 1, 1, identity()).unwrap();
+        assert!(partial_path(&path).exists());
+        drop(w);
+        assert!(!partial_path(&path).exists());
+        // A file put at the partial name by someone else is not ours to remove.
+        let w = ArchiveWriter::create(&path, 1, 1, identity()).unwrap();
+        std::fs::remove_file(partial_path(&path)).unwrap();
+        std::fs::write(partial_path(&path), b"other").unwrap();
+        drop(w);
+        assert_eq!(std::fs::read(partial_path(&path)).unwrap(), b"other");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! A test-only pause point, so the kill -9 tests can stop the real binary at a known place.
+//! Test-only pause and panic points, so the kill -9, signal and panic tests can act on the
+//! real binary at a known place.
 //!
 //! `OPSKIT_TEST_PAUSE_AT=<stage>:<counter>=<n>` (for example `purge:batch=3`,
 //! `export:records=2000`, `upload:bytes=1`) makes the run print
 //! `OPSKIT_TEST_PAUSED <stage>:<counter>=<n>` to stderr and sleep for an hour (or
-//! `OPSKIT_TEST_PAUSE_SECS`) the first time that counter reaches `n` in that stage. The test waits for the line, then kills the
-//! process. Unset (always, in production) it costs one cached environment lookup. It never
-//! changes what the run does, only when it does it.
+//! `OPSKIT_TEST_PAUSE_SECS`) the first time that counter reaches `n` in that stage. The test
+//! waits for the line, then kills the process. `OPSKIT_TEST_PANIC_AT=<stage>:<counter>=<n>`
+//! panics there instead (how the "a panic still alerts" tests make a bug happen). Unset
+//! (always, in production) each costs one cached environment lookup.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,8 @@ use std::time::Duration;
 pub const PAUSE_ENV: &str = "OPSKIT_TEST_PAUSE_AT";
 /// How long the pause lasts, in seconds (default 3600).
 pub const PAUSE_SECS_ENV: &str = "OPSKIT_TEST_PAUSE_SECS";
+/// The environment variable of the panic point.
+pub const PANIC_ENV: &str = "OPSKIT_TEST_PANIC_AT";
 
 struct PausePoint {
     stage: String,
@@ -22,20 +26,36 @@ struct PausePoint {
     at: u64,
 }
 
+fn parse(var: &str) -> Option<PausePoint> {
+    let v = std::env::var(var).ok()?;
+    let (stage, rest) = v.split_once(':')?;
+    let (counter, at) = rest.split_once('=')?;
+    Some(PausePoint {
+        stage: stage.to_string(),
+        counter: counter.to_string(),
+        at: at.parse().ok()?,
+    })
+}
+
 fn point() -> Option<&'static PausePoint> {
     static POINT: OnceLock<Option<PausePoint>> = OnceLock::new();
-    POINT
-        .get_or_init(|| {
-            let v = std::env::var(PAUSE_ENV).ok()?;
-            let (stage, rest) = v.split_once(':')?;
-            let (counter, at) = rest.split_once('=')?;
-            Some(PausePoint {
-                stage: stage.to_string(),
-                counter: counter.to_string(),
-                at: at.parse().ok()?,
-            })
-        })
-        .as_ref()
+    POINT.get_or_init(|| parse(PAUSE_ENV)).as_ref()
+}
+
+/// Panics the first time `counter` of `stage` reaches the value of [`PANIC_ENV`].
+pub fn panic_point(stage: &str, counter: &str, value: u64) {
+    static POINT: OnceLock<Option<PausePoint>> = OnceLock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let Some(p) = POINT.get_or_init(|| parse(PANIC_ENV)).as_ref() else {
+        return;
+    };
+    if p.stage == stage
+        && p.counter == counter
+        && value >= p.at
+        && !FIRED.swap(true, Ordering::SeqCst)
+    {
+        panic!("test panic point {stage}:{counter}={}", p.at);
+    }
 }
 
 /// Pauses (for an hour) the first time `counter` of `stage` reaches the configured value.

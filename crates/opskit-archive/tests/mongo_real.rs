@@ -13,7 +13,7 @@ use std::time::Duration;
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use opskit_archive::bounds::MonthBounds;
 use opskit_archive::source::mongodb::{MongoSource, MongoSourceOptions};
-use opskit_archive::source::{Record, RecordSink, Source};
+use opskit_archive::source::{ArchivedDoc, DeleteOutcome, Record, RecordSink, Source};
 
 struct Target {
     uri: String,
@@ -32,7 +32,7 @@ fn target() -> Option<Target> {
 }
 
 fn month(m: &str) -> MonthBounds {
-    MonthBounds::new(m.parse().unwrap(), "Asia/Shanghai".parse().unwrap())
+    MonthBounds::new(m.parse().unwrap(), "Asia/Shanghai".parse().unwrap()).unwrap()
 }
 
 #[derive(Default)]
@@ -204,23 +204,75 @@ fn a_month_is_exported_byte_exact_and_only_its_archived_ids_are_deleted() {
         assert_eq!(stored.as_bytes(), raw.as_slice(), "document {id}");
     }
 
-    // An id of February is not deleted by January's purge, even when asked.
-    let february_id = Bson::Int32(11);
+    let archived: Vec<ArchivedDoc> = january
+        .ids
+        .iter()
+        .zip(&january.raw)
+        .map(|(id, raw)| ArchivedDoc {
+            id: id.clone(),
+            raw: RawDocumentBuf::from_bytes(raw.clone()).unwrap(),
+        })
+        .collect();
+    // A document of February is not deleted by January's purge, even when asked.
+    let february = runtime
+        .block_on({
+            let c = raw_coll.clone();
+            async move { c.find_one(doc! {"_id": 11}).await }
+        })
+        .unwrap()
+        .unwrap();
+    let outcome = source
+        .delete_archived(
+            &[ArchivedDoc {
+                id: Bson::Int32(11),
+                raw: february,
+            }],
+            &month("2024-01"),
+        )
+        .unwrap();
+    assert_eq!(outcome.deleted, 0);
+    // A document changed since the export stays (its new version goes to the next late pass).
+    let changed_id = january.ids[1].clone();
+    runtime
+        .block_on({
+            let c = coll.clone();
+            let id = changed_id.clone();
+            async move {
+                c.update_one(
+                    doc! {"_id": id},
+                    doc! {"$set": {"msg": "edited after the export"}},
+                )
+                .await
+            }
+        })
+        .unwrap();
     assert_eq!(
         source
-            .delete_ids(&[february_id], &month("2024-01"))
+            .delete_archived(&archived, &month("2024-01"))
             .unwrap(),
-        0
+        DeleteOutcome {
+            deleted: 4,
+            changed: 1,
+            gone: 0
+        }
     );
+    // Re-sending the same documents (a resumed purge) deletes nothing more and is not an error.
     assert_eq!(
-        source.delete_ids(&january.ids, &month("2024-01")).unwrap(),
-        5
+        source
+            .delete_archived(&archived, &month("2024-01"))
+            .unwrap(),
+        DeleteOutcome {
+            deleted: 0,
+            changed: 1,
+            gone: 4
+        }
     );
-    // Re-sending the same ids (a resumed purge) deletes nothing more and is not an error.
-    assert_eq!(
-        source.delete_ids(&january.ids, &month("2024-01")).unwrap(),
-        0
-    );
+    runtime
+        .block_on({
+            let c = coll.clone();
+            async move { c.delete_one(doc! {"_id": changed_id}).await }
+        })
+        .unwrap();
 
     assert_eq!(source.range_stats(&month("2024-01")).unwrap().count, 0);
     assert_eq!(source.range_stats(&month("2023-12")).unwrap().count, 3);

@@ -18,7 +18,7 @@ use opskit_archive::bounds::MonthBounds;
 use opskit_archive::source::mongodb::{
     MongoSource, MongoSourceOptions, WELL_FORMED_DATE_PATTERN, anomaly_filters,
 };
-use opskit_archive::source::{Record, RecordSink, Source};
+use opskit_archive::source::{ArchivedDoc, DeleteOutcome, Record, RecordSink, Source};
 use serde_json::{Value, json};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mongo_double.py");
@@ -221,7 +221,7 @@ fn num(v: &Value) -> i64 {
 }
 
 fn january() -> MonthBounds {
-    MonthBounds::new("2024-01".parse().unwrap(), "Asia/Shanghai".parse().unwrap())
+    MonthBounds::new("2024-01".parse().unwrap(), "Asia/Shanghai".parse().unwrap()).unwrap()
 }
 
 fn fast() -> MongoSourceOptions {
@@ -359,39 +359,62 @@ fn anomalies_send_each_filter_through_the_date_index() {
 }
 
 #[test]
-fn delete_sends_ids_and_month_with_majority_write_concern_and_returns_deleted_count() {
+fn delete_sends_each_archived_document_with_majority_write_concern_and_counts_what_stayed() {
     let Some(double) = start("archive") else {
         return;
     };
     let mut source = double.source(fast());
     let a = bson::oid::ObjectId::parse_str("659200800000000000000001").unwrap();
-    let ids = vec![
-        Bson::ObjectId(a),
-        Bson::Int64(3),
-        Bson::String("text-id".into()),
-    ];
-    // The double reports one fewer than asked: an already-deleted id is not an error.
-    assert_eq!(source.delete_ids(&ids, &january()).unwrap(), 2);
-    assert_eq!(source.delete_ids(&[], &january()).unwrap(), 0);
+    let docs: Vec<ArchivedDoc> = [
+        (Bson::ObjectId(a), "2024-01-01 00:00:00"),
+        (Bson::Int64(3), "2024-01-15 12:30:00"),
+        (Bson::String("text-id".into()), "2024-01-31 23:59:59"),
+    ]
+    .into_iter()
+    .map(|(id, date)| ArchivedDoc {
+        raw: bson::RawDocumentBuf::from_document(&doc! {"_id": id.clone(), "create_on": date})
+            .unwrap(),
+        id,
+    })
+    .collect();
+    // The double deletes all but the first document, then reports the first as still there.
+    assert_eq!(
+        source.delete_archived(&docs, &january()).unwrap(),
+        DeleteOutcome {
+            deleted: 2,
+            changed: 1,
+            gone: 0
+        }
+    );
+    assert_eq!(
+        source.delete_archived(&[], &january()).unwrap(),
+        DeleteOutcome::default()
+    );
 
     let delete = double.only("delete");
     assert_eq!(delete["delete"], "user_logs");
+    assert_eq!(delete["ordered"], false);
     assert_eq!(delete["writeConcern"]["w"], "majority");
     assert_eq!(num(&delete["writeConcern"]["wtimeout"]), 60_000);
-    let statement = &delete["deletes"][0];
+    let statements = delete["deletes"].as_array().unwrap();
+    assert_eq!(statements.len(), 3, "one statement per archived document");
+    let first = &statements[0];
     assert_eq!(
-        statement["q"],
+        first["q"],
         ext(doc! {
-            "_id": {"$in": [a, 3_i64, "text-id"]},
+            "_id": a,
             "create_on": {"$gte": "2024-01-01 00:00:00", "$lt": "2024-02-01 00:00:00"},
+            "$expr": {"$eq": ["$$ROOT", {"$literal": {"_id": a, "create_on": "2024-01-01 00:00:00"}}]},
         })
     );
-    assert_eq!(num(&statement["limit"]), 0, "limit 0 means every match");
-    assert_eq!(statement["collation"], json!({"locale": "simple"}));
-    assert!(
-        delete.get("txnNumber").is_none(),
-        "deleteMany is not retryable"
-    );
+    assert_eq!(num(&first["limit"]), 1);
+    assert_eq!(first["collation"], json!({"locale": "simple"}));
+    let look = double
+        .requests()
+        .into_iter()
+        .find(|r| first_key(r) == "find" && r["filter"]["_id"].get("$in").is_some())
+        .expect("the look-up of the documents kept");
+    assert_eq!(look["projection"], json!({"_id": int32(1)}));
 
     // A standalone has no replicas: no lag, not an error.
     assert_eq!(source.replication_lag().unwrap(), None);

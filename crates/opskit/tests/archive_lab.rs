@@ -1,286 +1,22 @@
-//! `opskit archive` end to end against the lab's real MariaDB and real sshd/SFTP, with every
-//! fault of the issue: kill -9 during export, upload and purge; SFTP down; disk full; bad
-//! config; unreachable source; a different file already at the remote name; late rows.
-//!
-//! Each test builds its own lab (MariaDB + sshd + webhook receiver) in a temp dir and runs
-//! the real `opskit` binary. The kill tests use the test-only pause point
-//! `OPSKIT_TEST_PAUSE_AT` (see `opskit_archive::testhook`) to know when to kill.
+//! `opskit archive` end to end against the lab's real MariaDB and real sshd/SFTP: the whole
+//! month, kill -9 during export, upload and purge, late rows, a different file at the
+//! remote name, disk full, bad config, an unreachable source, a corrupted archive, a failure
+//! after the upload, a large resumed upload, malformed dates.
 //!
 //! The invariant checked after every fault: each January row that existed before the run is
 //! either still in the table or in the archive on the backup host — never neither — and once
-//! a run succeeds none is left in the table.
+//! a run succeeds none is left in the table. The issue-7 cases live in `archive_data_loss`,
+//! `archive_preflight` and `archive_operator`.
+
+mod archive_support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
-use opskit_core::config::Config;
-use opskit_lab::{Component, Lab, LabBuilder, MariadbServer, SftpServer};
-
-const MONTH: &str = "2024-01";
-const FILE: &str = "test.user_logs.2024-01.bson.gz";
-
-fn opskit_bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("opskit")
-}
-
-struct Rig {
-    lab: Lab,
-    db: MariadbServer,
-    sftp: SftpServer,
-    config: Config,
-    config_path: PathBuf,
-    january: BTreeSet<i64>,
-    others: u64,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    /// A lab with `rows` January rows, rows on both sides of the month and two anomalies.
-    fn new(rows: u64, tweak: impl FnOnce(&mut Config)) -> Rig {
-        let dir = tempfile::Builder::new().prefix("oa").tempdir().unwrap();
-        let lab = LabBuilder::new(dir.path().join("lab"))
-            .with(Component::Mariadb)
-            .with(Component::Sshd)
-            .with(Component::Webhook)
-            .opskit_exe(opskit_bin())
-            .up()
-            .expect("lab up");
-        let db = lab.mariadb().unwrap();
-        let sftp = lab.sftp().unwrap();
-        db.sql(&format!(
-            "CREATE TABLE test.user_logs (id BIGINT AUTO_INCREMENT PRIMARY KEY, create_on VARCHAR(32) NULL, \
-               user_id INT NOT NULL, action VARCHAR(32) NOT NULL, payload VARCHAR(200) NOT NULL, \
-               KEY idx_create_on (create_on)) ENGINE=InnoDB;
-             USE test;
-             INSERT INTO user_logs (create_on, user_id, action, payload)
-               SELECT DATE_FORMAT(TIMESTAMP('2024-01-01') + INTERVAL (seq * 2678399 DIV {rows}) SECOND, '%Y-%m-%d %H:%i:%s'),
-                      seq % 1000, 'login', CONCAT(MD5(seq), MD5(seq + 1), MD5(RAND()))
-               FROM seq_0_to_{last};
-             INSERT INTO user_logs (create_on, user_id, action, payload) VALUES
-               ('2023-12-31 23:59:59', 1, 'edge', 'december'),
-               ('2024-02-01 00:00:00', 1, 'edge', 'february'),
-               (NULL, 1, 'anomaly', 'no date'),
-               ('2024-1-5 3:03:11', 1, 'anomaly', 'unpadded date');",
-            last = rows - 1
-        ))
-        .unwrap();
-        let mut config = lab.config().unwrap();
-        config.archive.purge.batch_size = opskit_core::config::value::Positive::new(250);
-        config.archive.sftp.timeout_secs = opskit_core::config::value::Positive::new(10);
-        config.alert.retries = 0;
-        tweak(&mut config);
-        let config_path = dir.path().join("archive-test.toml");
-        std::fs::write(&config_path, config.to_toml()).unwrap();
-        let mut rig = Rig {
-            lab,
-            db,
-            sftp,
-            config,
-            config_path,
-            january: BTreeSet::new(),
-            others: 4,
-            _dir: dir,
-        };
-        rig.january = rig.january_ids();
-        assert_eq!(rig.january.len() as u64, rows);
-        rig
-    }
-
-    fn sql(&self, q: &str) -> String {
-        self.db.sql(q).unwrap()
-    }
-
-    fn january_ids(&self) -> BTreeSet<i64> {
-        self.sql(
-            "SELECT id FROM test.user_logs WHERE create_on >= '2024-01-01 00:00:00' AND create_on < '2024-02-01 00:00:00'",
-        )
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect()
-    }
-
-    fn total(&self) -> u64 {
-        self.sql("SELECT COUNT(*) FROM test.user_logs")
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn opskit(&self) -> Command {
-        let mut c = Command::new(opskit_bin());
-        c.arg("--config")
-            .arg(&self.config_path)
-            .env_remove("OPSKIT_TEST_PAUSE_AT")
-            .env_remove("OPSKIT_CONFIG")
-            .env("NO_COLOR", "1");
-        c
-    }
-
-    fn archive(&self, args: &[&str]) -> Output {
-        let out = self.opskit().arg("archive").args(args).output().unwrap();
-        eprintln!(
-            "opskit archive {args:?} → {:?}\n--- stdout\n{}--- stderr\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn run(&self) -> Output {
-        self.archive(&["run", "--month", MONTH])
-    }
-
-    /// Runs `opskit archive run` until it prints the pause line, then kills it with SIGKILL.
-    fn run_and_kill_at(&self, pause_at: &str) {
-        let mut child = self
-            .opskit()
-            .args(["archive", "run", "--month", MONTH])
-            .env("OPSKIT_TEST_PAUSE_AT", pause_at)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[child] {line}");
-                if line.starts_with("OPSKIT_TEST_PAUSED") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let paused = rx.recv_timeout(Duration::from_secs(120));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let status = child.wait().unwrap();
-        assert!(
-            paused.is_ok(),
-            "opskit never reached the pause point {pause_at}"
-        );
-        assert!(!status.success());
-    }
-
-    /// Starts `opskit archive run` that pauses for `secs` at `pause_at`, and returns once it
-    /// has reached the pause.
-    fn run_paused(&self, pause_at: &str, secs: &str) -> PausedRun {
-        let mut child = self
-            .opskit()
-            .args(["archive", "run", "--month", MONTH])
-            .env("OPSKIT_TEST_PAUSE_AT", pause_at)
-            .env("OPSKIT_TEST_PAUSE_SECS", secs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            eprintln!("[child] {line}");
-            if line.starts_with("OPSKIT_TEST_PAUSED") {
-                return PausedRun { child, lines };
-            }
-        }
-        let status = child.wait().unwrap();
-        panic!("opskit ended ({status}) before the pause point {pause_at}");
-    }
-
-    fn local_file(&self) -> PathBuf {
-        self.config.archive.staging_dir.path().join(FILE)
-    }
-
-    fn remote_file(&self, name: &str) -> PathBuf {
-        self.sftp
-            .backup_dir
-            .join(&self.config.archive.sftp.remote_dir)
-            .join(name)
-    }
-
-    fn alerts(&self) -> Vec<serde_json::Value> {
-        self.lab.webhook().unwrap().received().unwrap()
-    }
-
-    /// Every January row is in the table or in the remote archive; returns the archived ids.
-    fn assert_nothing_lost(&self) -> BTreeSet<i64> {
-        let remaining = self.january_ids();
-        let archived = archived_ids(&self.remote_file(FILE));
-        for id in &self.january {
-            assert!(
-                remaining.contains(id) || archived.contains(id),
-                "row {id} is neither in the table nor in the uploaded archive"
-            );
-        }
-        for id in &archived {
-            assert!(
-                self.january.contains(id),
-                "the archive holds {id}, not a January row"
-            );
-        }
-        archived
-    }
-
-    /// After a successful run: January is gone from the table, entirely in the archive, and
-    /// every other row is untouched.
-    fn assert_month_archived(&self) {
-        let archived = self.assert_nothing_lost();
-        assert!(self.january_ids().is_empty(), "January rows are left");
-        assert_eq!(archived, self.january, "the archive is not exactly January");
-        assert_eq!(self.total(), self.others);
-        assert!(!self.remote_file(&format!("{FILE}.uploading")).exists());
-        assert_eq!(
-            std::fs::read(self.remote_file(FILE)).unwrap(),
-            std::fs::read(self.local_file()).unwrap(),
-            "remote and local archives differ"
-        );
-    }
-}
-
-/// The ids in an archive file (empty when it does not exist).
-/// A run paused at a test hook; [`PausedRun::finish`] lets it go on and waits for it.
-struct PausedRun {
-    child: std::process::Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStderr>>,
-}
-
-impl PausedRun {
-    fn finish(mut self) -> std::process::ExitStatus {
-        for line in self.lines {
-            eprintln!("[child] {}", line.unwrap());
-        }
-        self.child.wait().unwrap()
-    }
-}
-
-fn archived_ids(path: &Path) -> BTreeSet<i64> {
-    if !path.exists() {
-        return BTreeSet::new();
-    }
-    let mut r = opskit_archive::staged::open_documents(path).unwrap();
-    let mut ids = BTreeSet::new();
-    while let Some(doc) = r.next_document().unwrap() {
-        assert!(
-            ids.insert(doc.get_i64("id").unwrap()),
-            "duplicate id in archive"
-        );
-    }
-    ids
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use archive_support::*;
+use opskit_lab::Component;
 
 #[test]
 fn run_archives_the_month_to_the_backup_host_and_deletes_exactly_it() {
@@ -355,24 +91,6 @@ fn run_archives_the_month_to_the_backup_host_and_deletes_exactly_it() {
     assert_eq!(r.status.code(), Some(0));
     assert!(stdout(&r).contains("3000 inserted"), "{}", stdout(&r));
     assert_eq!(rig.january_ids(), rig.january);
-}
-
-#[test]
-fn dry_run_and_plan_never_change_anything() {
-    let rig = Rig::new(500, |_| {});
-    for args in [
-        &["run", "--month", MONTH, "--dry-run"][..],
-        &["plan", "--month", MONTH][..],
-    ] {
-        let out = rig.archive(args);
-        assert_eq!(out.status.code(), Some(0));
-        assert!(stdout(&out).contains("POINT OF NO RETURN"));
-    }
-    assert_eq!(rig.january_ids(), rig.january);
-    assert_eq!(rig.total(), 504);
-    assert!(!rig.local_file().exists());
-    assert!(!rig.remote_file(FILE).exists());
-    assert!(!rig.config.general.state_dir.path().join("journal").exists());
 }
 
 #[test]
@@ -466,22 +184,6 @@ fn rows_inserted_after_the_export_are_kept_and_taken_by_the_next_run() {
 }
 
 #[test]
-fn sftp_down_deletes_nothing_alerts_and_exits_1() {
-    let rig = Rig::new(500, |_| {});
-    let sshd = rig.lab.state().server("sshd").unwrap().identity();
-    opskit_lab::daemon::stop(&sshd, Duration::from_secs(5)).unwrap();
-    let out = rig.run();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("bak.ipo.com"), "{}", stderr(&out));
-    assert_eq!(rig.january_ids(), rig.january);
-    assert!(!rig.local_file().exists(), "the export is undone");
-    let alerts = rig.alerts();
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert_eq!(alerts[0]["step"], "upload");
-    assert_eq!(alerts[0]["runbook"], "archive");
-}
-
-#[test]
 fn a_different_file_at_the_remote_name_is_never_overwritten() {
     let rig = Rig::new(500, |_| {});
     let remote = rig.remote_file(FILE);
@@ -500,12 +202,12 @@ fn a_different_file_at_the_remote_name_is_never_overwritten() {
 }
 
 #[test]
-fn disk_full_deletes_nothing_and_a_too_small_disk_is_refused() {
-    if which_unshare().is_none() {
-        eprintln!("skipped: unshare/mount not available");
-        return;
+fn disk_full_deletes_nothing_leaves_no_partial_and_a_too_small_disk_is_refused() {
+    if !can_unshare() {
+        panic!("this test needs `unshare -m` (mount namespaces) and root");
     }
-    // 1. The estimate says it fits (ratio 1000 assumed) but the disk fills up: exit 1.
+    // 1. The estimate says it fits (ratio 1000 assumed) but the disk fills up: exit 1, alert,
+    //    and the unfinished archive is gone.
     let rig = Rig::new(3000, |c| {
         c.archive.expected_compression_ratio = opskit_core::config::value::Positive::new(1000);
     });
@@ -515,6 +217,12 @@ fn disk_full_deletes_nothing_and_a_too_small_disk_is_refused() {
         stderr(&out).to_lowercase().contains("no space"),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("STAGING: .test.user_logs.2024-01.lock\n")
+            && !stdout(&out).contains(".partial"),
+        "only the month's lock file may stay on the full disk: {}",
+        stdout(&out)
     );
     assert_eq!(rig.january_ids(), rig.january);
     let alerts = rig.alerts();
@@ -534,36 +242,20 @@ fn disk_full_deletes_nothing_and_a_too_small_disk_is_refused() {
     assert_eq!(rig.january_ids(), rig.january);
 }
 
-fn which_unshare() -> Option<()> {
-    let ok = Command::new("unshare")
-        .args(["-m", "true"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then_some(())
-}
-
-/// `opskit archive run` in a private mount namespace with a 96 KiB tmpfs as staging dir.
-fn run_in_small_tmpfs(rig: &Rig) -> Output {
-    let staging = rig.config.archive.staging_dir.path();
-    std::fs::create_dir_all(staging).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=96k opskit-test {} && exec \"$0\" --config \"$1\" archive run --month {MONTH}",
-        staging.display()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .arg(opskit_bin())
-        .arg(&rig.config_path)
-        .env_remove("OPSKIT_TEST_PAUSE_AT")
-        .output()
-        .unwrap();
-    eprintln!(
-        "--- stdout\n{}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// `opskit archive run` in a private mount namespace with a 96 KiB private tmpfs as staging
+/// dir; prints what is left in it as `STAGING: <name>` lines.
+fn run_in_small_tmpfs(rig: &Rig) -> std::process::Output {
+    let staging = rig.staging_dir();
+    std::fs::create_dir_all(&staging).unwrap();
+    run_in_namespace(
+        rig,
+        &format!(
+            "mount -t tmpfs -o size=96k,mode=0700 opskit-test {}",
+            staging.display()
+        ),
+        &["archive", "run", "--month", MONTH],
+        &format!("ls -A {} | sed 's/^/STAGING: /'", staging.display()),
+    )
 }
 
 #[test]
@@ -679,7 +371,7 @@ fn a_resumed_purge_refuses_an_archive_that_changed_since_it_was_verified() {
     let out = rig.run();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no longer matches the verified manifest"),
+        stderr(&out).contains("is not the archive the commit step verified"),
         "{}",
         stderr(&out)
     );

@@ -12,7 +12,7 @@ pub mod mongodb;
 
 pub mod mysql;
 
-use bson::{Bson, RawDocument};
+use bson::{Bson, RawDocument, RawDocumentBuf};
 use opskit_core::config::ArchiveConfig;
 use opskit_core::error::usage;
 
@@ -75,6 +75,55 @@ pub struct RangeStats {
     pub index: Option<String>,
 }
 
+/// One archived document read back from the verified archive for the purge: its id and its
+/// exact bytes, so the source deletes it only while it is still what was archived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchivedDoc {
+    /// The id (`_id`, or the primary key).
+    pub id: Bson,
+    /// The document as archived.
+    pub raw: RawDocumentBuf,
+}
+
+/// What one purge batch did with its archived documents. Every document is in exactly one of
+/// the three counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeleteOutcome {
+    /// Deleted: the source held exactly the archived document.
+    pub deleted: u64,
+    /// Kept: the source holds a different version (changed since the export, or moved out of
+    /// the month); the next late pass archives it.
+    pub changed: u64,
+    /// Not there any more (deleted earlier, by a purge that was interrupted after its delete,
+    /// or by someone else): nothing to do, nothing lost.
+    pub gone: u64,
+}
+
+impl DeleteOutcome {
+    /// Adds another batch.
+    pub fn add(&mut self, o: DeleteOutcome) {
+        self.deleted += o.deleted;
+        self.changed += o.changed;
+        self.gone += o.gone;
+    }
+
+    /// Documents accounted for.
+    pub fn total(&self) -> u64 {
+        self.deleted + self.changed + self.gone
+    }
+}
+
+/// How many more sessions the source accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSessions {
+    /// The server's limit (`max_connections`).
+    pub max: u64,
+    /// Sessions open now.
+    pub used: u64,
+    /// `max - used`.
+    pub free: u64,
+}
+
 /// One exported record: its identity, its date and its raw BSON bytes.
 pub struct Record<'a> {
     /// The record's unique key (`_id` for MongoDB, the primary key for MySQL).
@@ -112,19 +161,26 @@ pub trait Source: Send {
     /// server cursor idle.
     fn export(&mut self, bounds: &MonthBounds, sink: &mut dyn RecordSink) -> anyhow::Result<()>;
 
-    /// Deletes the records with these ids whose date is still inside `bounds`; returns how
-    /// many were deleted. Ids already gone are not an error (resumed purges re-send them).
-    fn delete_ids(&mut self, ids: &[Bson], bounds: &MonthBounds) -> anyhow::Result<u64>;
+    /// Deletes each archived document whose current version in the source is exactly the
+    /// archived one (and whose date is still inside `bounds`), atomically per document: a
+    /// document changed since the export stays. Documents already gone are not an error
+    /// (resumed purges re-send them).
+    fn delete_archived(
+        &mut self,
+        docs: &[ArchivedDoc],
+        bounds: &MonthBounds,
+    ) -> anyhow::Result<DeleteOutcome>;
+
+    /// How many more sessions the server accepts, when it has such a limit (checked against
+    /// `archive.purge.connections` before the export).
+    fn free_sessions(&mut self) -> anyhow::Result<Option<FreeSessions>> {
+        Ok(None)
+    }
 
     /// The largest replication lag of the source's replicas in seconds, if it can tell.
     fn replication_lag(&mut self) -> anyhow::Result<Option<f64>>;
 
     /// Inserts archived documents back, keeping documents already present (restore).
-    /// Returns how many were inserted. Sources that cannot restore say what to use instead.
-    fn insert_documents(&mut self, _docs: &[&RawDocument]) -> anyhow::Result<u64> {
-        anyhow::bail!(
-            "{} cannot restore archives itself; use `mongorestore --gzip` (see the manifest)",
-            self.describe()
-        )
-    }
+    /// Returns how many were inserted.
+    fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64>;
 }

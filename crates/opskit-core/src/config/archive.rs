@@ -37,6 +37,10 @@ pub struct ArchiveConfig {
     pub expected_compression_ratio: Positive,
     /// Free space required in `staging_dir`, as a percentage of the estimated archive size.
     pub free_space_margin_pct: Positive,
+    /// Minutes after a month has ended (midnight of the 1st in `general.timezone`) before it
+    /// may be archived; earlier runs are refused. Writers that buffer or whose clocks run late
+    /// still write the month's last documents in this window.
+    pub month_grace_minutes: u64,
     /// The SFTP destination.
     pub sftp: SftpConfig,
     /// How the purge paces itself.
@@ -59,6 +63,7 @@ impl Default for ArchiveConfig {
             source_timeout_secs: Positive::new(300),
             expected_compression_ratio: Positive::new(4),
             free_space_margin_pct: Positive::new(200),
+            month_grace_minutes: 30,
             sftp: SftpConfig::default(),
             purge: PurgeConfig::default(),
         }
@@ -73,7 +78,8 @@ pub struct SftpConfig {
     pub host: Name,
     /// An ssh_config file to use instead of `~/.ssh/config`.
     pub ssh_config: Option<AbsPath>,
-    /// Remote directory for the archives, relative to the login directory or absolute.
+    /// Remote directory for the archives, relative to the SFTP login (start) directory; it
+    /// cannot leave it (no leading `/`, no `..`).
     pub remote_dir: String,
     /// Seconds allowed to connect and for each SFTP request.
     pub timeout_secs: Positive,
@@ -118,29 +124,125 @@ impl Default for PurgeConfig {
     }
 }
 
+/// The largest accepted value of each bounded `[archive]` number: beyond these a value is a
+/// typo, and arithmetic on durations and counts stays far from overflowing.
+pub const LIMITS: &[(&str, u64)] = &[
+    ("archive.compression_threads", 64),
+    ("archive.source_timeout_secs", 86_400),
+    ("archive.expected_compression_ratio", 1_000),
+    ("archive.free_space_margin_pct", 10_000),
+    ("archive.month_grace_minutes", 10_080),
+    ("archive.sftp.timeout_secs", 3_600),
+    ("archive.purge.batch_size", 100_000),
+    ("archive.purge.pause_ms", 600_000),
+    ("archive.purge.max_lag_secs", 86_400),
+    ("archive.purge.max_lag_wait_secs", 604_800),
+    ("archive.purge.connections", 64),
+];
+
+fn within(key: &str, value: u64) -> Result<(), (String, String)> {
+    let max = LIMITS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(u64::MAX, |(_, m)| *m);
+    if value > max {
+        return Err((key.into(), format!("{value} is above the limit of {max}")));
+    }
+    Ok(())
+}
+
+/// The `mongodb://` / `mysql://` source URI must name a user at most, never a password.
+fn check_source_uri(uri: &str) -> Result<(), (String, String)> {
+    let key = || "archive.source_uri".to_string();
+    if !(uri.starts_with("mongodb://")
+        || uri.starts_with("mongodb+srv://")
+        || uri.starts_with("mysql://"))
+    {
+        return Err((
+            key(),
+            format!("`{uri}` must start with mongodb://, mongodb+srv:// or mysql://"),
+        ));
+    }
+    let rest = uri.split_once("://").map_or("", |(_, r)| r);
+    // A password may hold '/', '?' or '#', which a URI parser takes as the end of the host
+    // part: so any ':' before the first '@' is read as `user:password`.
+    if let Some((userinfo, _)) = rest.split_once('@')
+        && userinfo.contains(':')
+    {
+        return Err((
+            key(),
+            "the URI holds a password (a ':' before '@'); put it in archive.source_password_file \
+             (mode 0600) instead (an '@' inside a query value is written %40)"
+                .into(),
+        ));
+    }
+    let query = rest
+        .split_once('?')
+        .map_or("", |(_, q)| q)
+        .to_ascii_lowercase();
+    if query
+        .split('&')
+        .any(|kv| kv.split('=').next().is_some_and(|k| k.contains("password")))
+    {
+        return Err((
+            key(),
+            "the URI query holds a password option; put the password in archive.source_password_file instead".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `remote_dir` stays under the SFTP login directory: relative, no `..`, no shell specials.
+fn check_remote_dir(dir: &str) -> Result<(), (String, String)> {
+    let key = || "archive.sftp.remote_dir".to_string();
+    if dir.is_empty()
+        || dir
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "'\"`$;\\".contains(c))
+    {
+        return Err((
+            key(),
+            format!(
+                "`{dir}` must be a non-empty path without whitespace, quotes, '$', ';' or '\\'"
+            ),
+        ));
+    }
+    if dir.starts_with('/') || dir.starts_with('~') {
+        return Err((
+            key(),
+            format!(
+                "`{dir}` leaves the SFTP login directory: write it relative to it (for example user_logs)"
+            ),
+        ));
+    }
+    if dir.split('/').any(|c| c == "..") {
+        return Err((
+            key(),
+            format!(
+                "`{dir}` contains '..': the archive directory cannot leave the SFTP login directory"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl ArchiveConfig {
-    /// Cross-field checks: returns `(key, reason)` for the first problem.
+    /// Cross-field checks: returns `(key, reason)` for the first problem. The password file
+    /// is checked as a run reads it (it exists, is a regular file of mode 0600 or 0400 owned
+    /// by the user running opskit, and is not empty), so `config check` catches what the run
+    /// would refuse.
     pub fn check(&self) -> Result<(), (String, String)> {
-        let uri = &self.source_uri;
-        if !(uri.starts_with("mongodb://")
-            || uri.starts_with("mongodb+srv://")
-            || uri.starts_with("mysql://"))
-        {
-            return Err((
-                "archive.source_uri".into(),
-                format!("`{uri}` must start with mongodb://, mongodb+srv:// or mysql://"),
-            ));
-        }
-        let authority = uri.split_once("://").map_or("", |(_, r)| r);
-        let authority = authority.split(['/', '?']).next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && userinfo.contains(':')
-        {
-            return Err((
-                "archive.source_uri".into(),
-                "the URI holds a password; put it in archive.source_password_file (mode 0600) instead"
-                    .into(),
-            ));
+        check_source_uri(&self.source_uri)?;
+        if let Some(p) = &self.source_password_file {
+            const KEY: &str = "archive.source_password_file";
+            crate::secret::read_secret_file(p.path(), KEY).map_err(|e| {
+                let text = format!("{e:#}");
+                let reason = text
+                    .strip_prefix(&format!("{KEY}: "))
+                    .unwrap_or(&text)
+                    .to_string();
+                (KEY.to_string(), reason)
+            })?;
         }
         if !(1..=9).contains(&self.compression_level) {
             return Err((
@@ -148,30 +250,157 @@ impl ArchiveConfig {
                 format!("{} is not a gzip level (1 to 9)", self.compression_level),
             ));
         }
-        if self.compression_threads > 64 {
+        if self.free_space_margin_pct.get() < 100 {
             return Err((
-                "archive.compression_threads".into(),
+                "archive.free_space_margin_pct".into(),
                 format!(
-                    "{} threads is too many (0 = one per core, at most 64)",
-                    self.compression_threads
+                    "{}% is less than the estimated archive itself: use 100 or more",
+                    self.free_space_margin_pct
                 ),
             ));
         }
-        if self.sftp.remote_dir.is_empty()
-            || self
-                .sftp
-                .remote_dir
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "'\"`$;\\".contains(c))
-        {
-            return Err((
-                "archive.sftp.remote_dir".into(),
-                format!(
-                    "`{}` must be a non-empty path without whitespace, quotes, '$', ';' or '\\'",
-                    self.sftp.remote_dir
-                ),
-            ));
+        for (key, value) in [
+            (
+                "archive.compression_threads",
+                u64::from(self.compression_threads),
+            ),
+            (
+                "archive.source_timeout_secs",
+                self.source_timeout_secs.get(),
+            ),
+            (
+                "archive.expected_compression_ratio",
+                self.expected_compression_ratio.get(),
+            ),
+            (
+                "archive.free_space_margin_pct",
+                self.free_space_margin_pct.get(),
+            ),
+            ("archive.month_grace_minutes", self.month_grace_minutes),
+            ("archive.sftp.timeout_secs", self.sftp.timeout_secs.get()),
+            ("archive.purge.batch_size", self.purge.batch_size.get()),
+            ("archive.purge.pause_ms", self.purge.pause_ms),
+            ("archive.purge.max_lag_secs", self.purge.max_lag_secs.get()),
+            (
+                "archive.purge.max_lag_wait_secs",
+                self.purge.max_lag_wait_secs.get(),
+            ),
+            ("archive.purge.connections", self.purge.connections.get()),
+        ] {
+            within(key, value)?;
         }
+        check_remote_dir(&self.sftp.remote_dir)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut ArchiveConfig)) -> Result<(), (String, String)> {
+        let mut c = ArchiveConfig::default();
+        f(&mut c);
+        c.check()
+    }
+
+    fn key_of(r: Result<(), (String, String)>) -> String {
+        r.expect_err("refused").0
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        ArchiveConfig::default().check().unwrap();
+    }
+
+    #[test]
+    fn passwords_never_live_in_the_uri_even_with_slashes_or_question_marks() {
+        for uri in [
+            "mysql://root:secret@127.0.0.1:3306/",
+            "mysql://root:pa/ss@127.0.0.1:3306/",
+            "mysql://root:pa?ss@127.0.0.1:3306/",
+            "mongodb://u:p#w@db1/",
+            "mongodb://u@db1/?authSource=admin&tlsCertificateKeyFilePassword=x",
+        ] {
+            let (key, reason) = with(|c| c.source_uri = uri.into()).unwrap_err();
+            assert_eq!(key, "archive.source_uri", "{uri}");
+            assert!(reason.contains("password"), "{uri}: {reason}");
+            assert!(
+                !reason.contains("secret") && !reason.contains("pa/ss"),
+                "{reason}"
+            );
+        }
+        with(|c| c.source_uri = "mongodb://archiver@db1:27017,db2:27017/?replicaSet=rs0".into())
+            .unwrap();
+    }
+
+    #[test]
+    fn numbers_have_sane_bounds() {
+        assert_eq!(
+            key_of(with(|c| c.purge.batch_size = Positive::new(1 << 40))),
+            "archive.purge.batch_size"
+        );
+        assert_eq!(
+            key_of(with(|c| c.purge.connections = Positive::new(1000))),
+            "archive.purge.connections"
+        );
+        assert_eq!(
+            key_of(with(
+                |c| c.source_timeout_secs = Positive::new(u64::MAX >> 2)
+            )),
+            "archive.source_timeout_secs"
+        );
+        assert_eq!(
+            key_of(with(|c| c.sftp.timeout_secs = Positive::new(1 << 50))),
+            "archive.sftp.timeout_secs"
+        );
+        assert_eq!(
+            key_of(with(|c| c.purge.max_lag_wait_secs = Positive::new(1 << 40))),
+            "archive.purge.max_lag_wait_secs"
+        );
+        assert_eq!(
+            key_of(with(|c| c.free_space_margin_pct = Positive::new(50))),
+            "archive.free_space_margin_pct"
+        );
+        with(|c| c.purge.batch_size = Positive::new(100_000)).unwrap();
+    }
+
+    #[test]
+    fn the_remote_dir_cannot_leave_the_sftp_home() {
+        for dir in [
+            "..",
+            "../etc",
+            "user_logs/../../x",
+            "/etc/opskit",
+            "~root/x",
+            "a b",
+        ] {
+            let (key, _) = with(|c| c.sftp.remote_dir = dir.into()).unwrap_err();
+            assert_eq!(key, "archive.sftp.remote_dir", "{dir}");
+        }
+        with(|c| c.sftp.remote_dir = "backups/user_logs".into()).unwrap();
+    }
+
+    #[test]
+    fn the_password_file_is_checked_as_the_run_reads_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let set = |c: &mut ArchiveConfig| {
+            c.source_password_file = Some(p.to_str().unwrap().parse().unwrap())
+        };
+        let (key, reason) = with(set).unwrap_err();
+        assert_eq!(key, "archive.source_password_file");
+        assert!(
+            reason.contains("0644") && reason.contains("chmod 600"),
+            "{reason}"
+        );
+        assert!(!reason.contains("s3cret"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        with(set).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(key_of(with(set)), "archive.source_password_file");
     }
 }

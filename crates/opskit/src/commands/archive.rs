@@ -1,14 +1,16 @@
 //! `opskit archive`: the monthly archive and purge of spec §1 (plan, run, verify, restore,
-//! status). The work lives in `opskit-archive`; this file only wires arguments to it.
+//! status, month). The work lives in `opskit-archive`; this file only wires arguments to it
+//! and prints what it returns.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use opskit_archive::job::{ArchiveJob, SharedSource};
-use opskit_archive::runbook::{build_plan, observe};
+use opskit_archive::job::{ArchiveJob, default_month};
+use opskit_archive::run::{PlanView, RunRequest, Skipped};
+use opskit_archive::status::{MAX_MONTHS, Months};
+use opskit_core::config::ConfigSource;
 use opskit_core::config::value::Month;
-use opskit_core::journal::Journal;
-use opskit_core::{Classify as _, ErrorKind, ExitStatus, OpsError};
+use opskit_core::{ExitStatus, OpsError};
 
 use crate::app::App;
 use crate::cli::OutputFormat;
@@ -24,26 +26,42 @@ pub struct ArchiveArgs {
 /// The archive sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum ArchiveCommand {
-    /// Show what a run would do (bounds, count, anomalies, size, free disk, backup host); changes nothing.
+    /// Show what a run would do (bounds, count, anomalies, size, free disk, backup host);
+    /// changes nothing anywhere. Exits 3 when the run would be refused.
     Plan(MonthArgs),
     /// Export the month, upload it over SFTP, verify it, then delete exactly what was archived.
     ///
     /// Resumes a crashed run of the same month; a finished month is not run again (documents
     /// that arrived later are taken by a "late" pass into a separate file). Without --month,
-    /// earlier archived months that received documents since get their late pass first.
+    /// earlier archived months that received documents since get their late pass first, and
+    /// months restored into their source are skipped. Only months that have ended in
+    /// general.timezone (plus archive.month_grace_minutes) can run. Ctrl-C or SIGTERM stops at
+    /// the next batch boundary; the same command resumes.
     Run(RunArgs),
     /// Check an archive against its manifest (size, sha256, every document decoded and counted).
     Verify(VerifyArgs),
-    /// Put an archive's documents back into a database (rows already present are kept).
+    /// Put an archive's documents back into its database (documents already present are kept).
+    #[command(after_help = restore_help())]
     Restore(RestoreArgs),
-    /// Show the state of recent months: journal outcome and staged files.
+    /// Show the state of recent months: each pass's outcome, steps done, staged file.
     Status(StatusArgs),
+    /// Print the month a run would archive, its run key and its journal (for scripts).
+    Month(MonthArgs),
+}
+
+fn restore_help() -> String {
+    format!(
+        "The one way to restore, for MongoDB and MySQL alike:\n  {}\n{}",
+        opskit_archive::restore::HOWTO,
+        opskit_archive::restore::WHY
+    )
 }
 
 /// Choosing the month.
 #[derive(Debug, Args)]
 pub struct MonthArgs {
-    /// The month, YYYY-MM [default: the previous calendar month in general.timezone].
+    /// The month, YYYY-MM, from 1970-01 to the last month that has ended [default: the
+    /// previous calendar month in general.timezone].
     #[arg(long, value_name = "YYYY-MM")]
     pub month: Option<Month>,
 }
@@ -57,6 +75,9 @@ pub struct RunArgs {
     /// Print the plan with what was observed and exit; never exports, uploads or deletes.
     #[arg(long)]
     pub dry_run: bool,
+    /// Archive a month that was restored into its source again (needs --month).
+    #[arg(long, requires = "month")]
+    pub rearchive: bool,
 }
 
 /// `opskit archive verify`.
@@ -76,8 +97,8 @@ pub struct RestoreArgs {
     /// The `.bson.gz` archive (verified against its manifest first).
     #[arg(long, value_name = "FILE")]
     pub file: PathBuf,
-    /// Where to restore: `mysql://user@host:port/` (password from archive.source_password_file).
-    /// For MongoDB use `mongorestore --gzip` as printed in the manifest.
+    /// The database to restore into: mongodb://USER@HOST:PORT/ or mysql://USER@HOST:PORT/
+    /// (password from archive.source_password_file; database and collection from the manifest).
     #[arg(long, value_name = "URI")]
     pub target: String,
 }
@@ -86,8 +107,11 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// How many months back to show.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=MAX_MONTHS as i64), conflicts_with = "month")]
     pub months: u32,
+    /// Only this month.
+    #[arg(long, value_name = "YYYY-MM")]
+    pub month: Option<Month>,
 }
 
 /// Runs `opskit archive`.
@@ -95,166 +119,75 @@ pub fn run(args: ArchiveArgs, app: &App) -> Result<ExitStatus, OpsError> {
     match args.command {
         ArchiveCommand::Plan(m) => plan(app, m.month),
         ArchiveCommand::Run(r) if r.dry_run => plan(app, r.month.month),
-        ArchiveCommand::Run(r) => run_month(app, r.month.month),
+        ArchiveCommand::Run(r) => run_months(app, r),
         ArchiveCommand::Verify(v) => verify(app, v),
         ArchiveCommand::Restore(r) => restore(app, r),
         ArchiveCommand::Status(s) => status(app, s),
+        ArchiveCommand::Month(m) => month(app, m.month),
     }
 }
 
-fn job_for(app: &App, month: Option<Month>) -> ArchiveJob {
-    ArchiveJob::new(&app.config, month, &app.state_dir())
-}
-
-/// A source or SSH error before anything changed: exit 3 with the reason (a config error
-/// inside keeps its exit 2).
-fn refused(what: &str, e: anyhow::Error) -> OpsError {
-    OpsError::from(
-        e.context(what.to_string())
-            .classify_untagged(ErrorKind::Refused),
-    )
-}
-
-/// Opening the source: a bad URI or password file is exit 2; anything else refuses (exit 3).
-fn open_source(job: &ArchiveJob) -> Result<SharedSource, OpsError> {
-    let source = SharedSource::new(job);
-    source
-        .get()
-        .map_err(|e| OpsError::from(e.classify_untagged(ErrorKind::Refused)))?;
-    Ok(source)
+fn print_skipped(app: &App, s: &Skipped) {
+    if app.output == OutputFormat::Json {
+        let mut v = serde_json::to_value(s).expect("serializes");
+        v["runbook"] = "archive".into();
+        println!("{v}");
+    } else {
+        println!("{}", s.message);
+    }
 }
 
 fn plan(app: &App, month: Option<Month>) -> Result<ExitStatus, OpsError> {
-    let (job, done) = job_for(app, month)
-        .current_pass()
-        .map_err(OpsError::Failed)?;
-    let source = open_source(&job)?;
-    let observed = observe(&job, &source).map_err(|e| refused("the source", e))?;
-    if let Some(done) = &done
-        && observed.stats.count == 0
-    {
-        println!(
-            "{}: already archived and purged (journal {}); nothing left in the month",
-            job.bounds.month,
-            done.journal_path().display()
-        );
-        return Ok(ExitStatus::Success);
-    }
-    let plan = build_plan(&job, &source, Some(&observed));
-    app.print_plan(&plan);
-    Ok(ExitStatus::Success)
-}
-
-/// `run`: the month asked for; without `--month`, first every earlier month that was already
-/// archived and has received documents since (late passes), then the previous month. This is
-/// how "documents inserted after the export are taken by the next run" holds for the monthly
-/// cron job.
-fn run_month(app: &App, month: Option<Month>) -> Result<ExitStatus, OpsError> {
-    if month.is_some() {
-        return run_one(app, month, false);
-    }
-    let target = job_for(app, None).bounds.month;
-    let mut worst = ExitStatus::Success;
-    for earlier in archived_months(app).into_iter().filter(|m| *m < target) {
-        let status = run_one(app, Some(earlier), true)?;
-        if status.code() > worst.code() {
-            worst = status;
+    let req = RunRequest {
+        month,
+        rearchive: false,
+    };
+    match opskit_archive::run::plan(
+        &app.config,
+        &app.state_dir(),
+        &req,
+        opskit_archive::run::now(),
+    )? {
+        PlanView::AlreadyDone(s) => {
+            print_skipped(app, &s);
+            Ok(ExitStatus::Success)
         }
-    }
-    let status = run_one(app, None, false)?;
-    Ok(if status.code() > worst.code() {
-        status
-    } else {
-        worst
-    })
-}
-
-/// Months with a journal of this collection in the state directory.
-fn archived_months(app: &App) -> Vec<Month> {
-    let c = &app.config.archive;
-    let prefix = format!("archive-{}.{}-", c.database, c.collection);
-    let dir = app.state_dir().join("journal").join("archive");
-    let mut months: Vec<Month> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let rest = name.strip_prefix(&prefix)?;
-                    rest.get(..7)?.parse().ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    months.sort();
-    months.dedup();
-    months
-}
-
-/// One month: its current pass, or nothing when it is done and nothing arrived since.
-/// `sweep`: only late passes (a month never archived is left alone).
-fn run_one(app: &App, month: Option<Month>, sweep: bool) -> Result<ExitStatus, OpsError> {
-    let (job, done) = job_for(app, month)
-        .current_pass()
-        .map_err(OpsError::Failed)?;
-    if sweep && done.is_none() && !job.journal_path().exists() {
-        return Ok(ExitStatus::Success);
-    }
-    let source = open_source(&job)?;
-    if let Some(done) = &done {
-        // An earlier pass finished this month. Run a late pass only if documents arrived since.
-        let journal_exists = job.journal_path().exists();
-        if !journal_exists {
-            let count = {
-                let mut s = source.get().map_err(|e| refused("the source", e))?;
-                s.ping()
-                    .map_err(|e| refused("the source does not answer", e))?;
-                s.range_stats(&job.bounds)
-                    .map_err(|e| refused("the source", e))?
-                    .count
-            };
-            if count == 0 && sweep {
-                tracing::debug!(
-                    "{}: nothing arrived since it was archived",
-                    job.bounds.month
-                );
+        PlanView::Plan(plan, observed) => {
+            app.print_plan(&plan);
+            let problems = observed.problems();
+            if problems.is_empty() {
                 return Ok(ExitStatus::Success);
             }
-            if count == 0 {
-                let msg = format!(
-                    "archive {}: nothing to do: the month was already archived and purged (journal {})",
-                    job.bounds.month,
-                    done.journal_path().display()
-                );
-                if app.output == OutputFormat::Json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"runbook": "archive", "outcome": "already_done",
-                            "month": job.bounds.month.to_string(),
-                            "journal": done.journal_path()})
-                    );
-                } else {
-                    println!("{msg}");
-                }
-                return Ok(ExitStatus::Success);
+            for p in &problems {
+                eprintln!("opskit: the run would be refused: {p}");
             }
-            tracing::warn!(
-                "{count} documents arrived in {} after it was archived: running late pass {}",
-                job.bounds.month,
-                job.pass
-            );
+            Ok(ExitStatus::Refused)
         }
     }
-    let plan = build_plan(&job, &source, None);
-    app.run_plan(plan, false)
+}
+
+fn run_months(app: &App, r: RunArgs) -> Result<ExitStatus, OpsError> {
+    let req = RunRequest {
+        month: r.month.month,
+        rearchive: r.rearchive,
+    };
+    opskit_archive::run::run(
+        &app.config,
+        &app.state_dir(),
+        &req,
+        opskit_archive::run::now(),
+        &mut |plan| app.run_plan(plan, false),
+        &mut |s| print_skipped(app, s),
+    )
 }
 
 fn verify(app: &App, v: VerifyArgs) -> Result<ExitStatus, OpsError> {
+    opskit_archive::preflight::check_utf8_path("--file", &v.file)?;
     let (manifest, check) = opskit_archive::restore::verify_file(&v.file)
         .map_err(|e| OpsError::Failed(e.context("verification failed")))?;
     let mut remote = None;
     if v.remote {
-        let job = job_for(app, Some(manifest.bounds.month));
+        let job = ArchiveJob::new(&app.config, Some(manifest.bounds.month), &app.state_dir())?;
         let host = job.backup_host().map_err(OpsError::Failed)?;
         host.verify(&manifest)
             .map_err(|e| OpsError::Failed(e.context("remote verification failed")))?;
@@ -282,10 +215,10 @@ fn verify(app: &App, v: VerifyArgs) -> Result<ExitStatus, OpsError> {
 }
 
 fn restore(app: &App, r: RestoreArgs) -> Result<ExitStatus, OpsError> {
-    let tz = app.config.general.timezone.tz();
+    opskit_archive::preflight::check_utf8_path("--file", &r.file)?;
     let report =
-        opskit_archive::restore::restore(&r.file, &r.target, &app.config.archive, tz.name())
-            .map_err(|e| OpsError::Failed(e.context(format!("restoring {}", r.file.display()))))?;
+        opskit_archive::restore::restore(&r.file, &r.target, &app.config, &app.state_dir())
+            .map_err(|e| OpsError::from(e.context(format!("restoring {}", r.file.display()))))?;
     if app.output == OutputFormat::Json {
         println!("{}", serde_json::to_string(&report).expect("serializes"));
     } else {
@@ -296,59 +229,73 @@ fn restore(app: &App, r: RestoreArgs) -> Result<ExitStatus, OpsError> {
             report.inserted,
             report.already_present
         );
+        if let Some(mark) = &report.marked {
+            println!(
+                "the month is marked restored ({}): scheduled runs skip it",
+                mark.display()
+            );
+        }
     }
     Ok(ExitStatus::Success)
 }
 
 fn status(app: &App, s: StatusArgs) -> Result<ExitStatus, OpsError> {
-    let base = job_for(app, None);
-    let mut month = base.bounds.month;
-    let mut rows = Vec::new();
-    for _ in 0..s.months.max(1) {
-        let job = job_for(app, Some(month));
-        let mut pass = 0;
-        loop {
-            let j = job.clone().with_pass(pass);
-            let path = j.journal_path();
-            if !path.exists() && pass > 0 {
-                break;
-            }
-            let state = Journal::read_state(&path).map_err(OpsError::Failed)?;
-            let outcome = if !path.exists() {
-                "not run".to_string()
-            } else if state.interrupted {
-                "interrupted (re-run to resume)".to_string()
-            } else {
-                state
-                    .last_outcome
-                    .map(|o| format!("{o:?}").to_lowercase())
-                    .unwrap_or_else(|| "unknown".into())
-            };
-            rows.push(serde_json::json!({
-                "month": month.to_string(),
-                "pass": pass,
-                "run_key": j.run_key(),
-                "outcome": outcome,
-                "steps_done": state.done.keys().collect::<Vec<_>>(),
-                "staged": j.local_path().exists().then(|| j.local_path()),
-            }));
-            pass += 1;
-        }
-        month = month.prev();
+    let months = match s.month {
+        Some(m) => Months::One(m),
+        None => Months::Last(s.months),
+    };
+    let report = opskit_archive::status::status(
+        &app.config,
+        &app.state_dir(),
+        app.source == ConfigSource::Defaults,
+        months,
+    )?;
+    for w in &report.warnings {
+        eprintln!("opskit: warning: {w}");
     }
     if app.output == OutputFormat::Json {
-        println!("{}", serde_json::Value::Array(rows));
+        println!("{}", serde_json::to_string(&report).expect("serializes"));
+        return Ok(ExitStatus::Success);
+    }
+    println!(
+        "{:<7}  {:>4}  {:<32}  {:<29}  STAGED",
+        "MONTH", "PASS", "OUTCOME", "STEPS DONE"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<7}  {:>4}  {:<32}  {:<29}  {}{}",
+            r.month,
+            r.pass,
+            r.outcome,
+            if r.steps_done.is_empty() {
+                "-".to_string()
+            } else {
+                r.steps_done.join(",")
+            },
+            r.staged
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.note
+                .as_ref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn month(app: &App, month: Option<Month>) -> Result<ExitStatus, OpsError> {
+    let m = month.unwrap_or_else(|| default_month(&app.config, opskit_archive::run::now()));
+    let job = ArchiveJob::new(&app.config, Some(m), &app.state_dir())?;
+    if app.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({"month": m.to_string(), "run_key": job.run_key(),
+                "journal": job.journal_path()})
+        );
     } else {
-        for r in rows {
-            println!(
-                "{}  pass {}  {:<32}  done {}  {}",
-                r["month"].as_str().unwrap_or(""),
-                r["pass"],
-                r["outcome"].as_str().unwrap_or(""),
-                r["steps_done"],
-                r["staged"].as_str().unwrap_or("")
-            );
-        }
+        println!("{m} {} {}", job.run_key(), job.journal_path().display());
     }
     Ok(ExitStatus::Success)
 }

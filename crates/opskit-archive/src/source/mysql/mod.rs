@@ -1,19 +1,24 @@
 //! The MySQL/MariaDB source: the same archive pipeline for a table with a `DATETIME`,
 //! `TIMESTAMP`, `DATE` or `YYYY-MM-DD HH:MM:SS` string column, deleted by primary key.
 //!
-//! Each row becomes one BSON document of its columns (integers as int64, floating point as
-//! double, dates and decimals as strings in MySQL's own text form, binary columns as binary,
-//! NULL as null), so the archive has the same shape for both sources and `opskit archive
-//! restore` can put the rows back with a plain `INSERT`.
+//! Each row becomes one BSON document of its columns ([`row`]), so the archive has the same
+//! shape for both sources and `opskit archive restore` can put the rows back with a plain
+//! `INSERT`.
 //!
 //! `mysql_async` runs on a current-thread tokio runtime owned by the adapter; every call is
 //! wrapped in a timeout. The export is one streaming query through the date index
 //! (`FORCE INDEX`), read row by row, so memory stays flat whatever the month's size.
+//!
+//! For a `TIMESTAMP` column every session (the main one, a reconnected one, each delete
+//! session) uses the writers' zone, so the export, the purge's comparison and its `DELETE`
+//! read the same instants as the same strings. The purge deletes a row only inside a
+//! transaction that locked it (`SELECT … FOR UPDATE`) and found it byte-identical to the
+//! archived document ([`delete`]).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use bson::{Bson, RawBsonRef, RawDocument};
+use bson::RawDocument;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Value};
 use opskit_core::config::ArchiveConfig;
@@ -21,7 +26,14 @@ use opskit_core::config::ArchiveConfig;
 use opskit_core::error::usage;
 use opskit_core::secret::read_secret_file;
 
-use super::{Anomalies, PASSWORD_KEY, RangeStats, Record, RecordSink, Source};
+mod delete;
+mod row;
+
+use self::row::{bson_to_mysql, encode_row};
+use super::{
+    Anomalies, ArchivedDoc, DeleteOutcome, FreeSessions, PASSWORD_KEY, RangeStats, Record,
+    RecordSink, Source,
+};
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentWriter;
 
@@ -29,8 +41,6 @@ use crate::rawbson::DocumentWriter;
 const MAX_IDS_PER_STATEMENT: usize = 10_000;
 /// How many example ids are reported per kind of anomaly.
 const ANOMALY_EXAMPLES: usize = 3;
-/// The binary character set number (`binary`): such columns are archived as BSON binary.
-const BINARY_CHARSET: u16 = 63;
 
 /// How the date column is typed, which decides how it is compared and formatted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,11 +165,26 @@ impl MysqlSource {
         )
     }
 
-    /// A new session, within the source's time limit.
+    /// A new session, within the source's time limit. Once the date column is known to be a
+    /// `TIMESTAMP`, the session gets the writers' zone before anything else runs on it.
     fn connect(&self) -> anyhow::Result<Conn> {
         let (timeout, server, opts) = (self.timeout, &self.described, self.opts.clone());
+        let zone = self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.date_kind == DateKind::Timestamp)
+            .then(|| self.time_zone.clone());
         self.rt
-            .block_on(async { tokio::time::timeout(timeout, Conn::new(opts)).await })
+            .block_on(async {
+                tokio::time::timeout(timeout, async move {
+                    let mut c = Conn::new(opts).await?;
+                    if let Some(tz) = zone {
+                        c.exec_drop("SET time_zone = ?", (tz,)).await?;
+                    }
+                    Ok::<Conn, mysql_async::Error>(c)
+                })
+                .await
+            })
             .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
             .with_context(|| format!("connecting to {server}"))
     }
@@ -309,18 +334,6 @@ impl MysqlSource {
         ))
     }
 
-    /// The delete statement for `n` ids.
-    pub fn delete_sql(&mut self, n: usize) -> anyhow::Result<String> {
-        let info = self.info()?;
-        let marks = vec!["?"; n].join(",");
-        Ok(format!(
-            "DELETE FROM {} WHERE {} IN ({marks}) AND {d} >= ? AND {d} < ?",
-            self.table_ref(),
-            quote_ident(&info.pk),
-            d = quote_ident(&self.date_field)
-        ))
-    }
-
     /// Inserts archived documents back (`INSERT IGNORE`: rows already present are kept).
     /// Returns the number of rows inserted.
     pub fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
@@ -361,115 +374,6 @@ impl MysqlSource {
                 Ok(c.affected_rows())
             })
         })
-    }
-}
-
-fn bson_to_mysql(v: RawBsonRef<'_>) -> anyhow::Result<Value> {
-    Ok(match v {
-        RawBsonRef::Null => Value::NULL,
-        RawBsonRef::String(s) => Value::Bytes(s.as_bytes().to_vec()),
-        RawBsonRef::Int32(i) => Value::Int(i.into()),
-        RawBsonRef::Int64(i) => Value::Int(i),
-        RawBsonRef::Double(f) => Value::Double(f),
-        RawBsonRef::Boolean(b) => Value::Int(b.into()),
-        RawBsonRef::Binary(b) => Value::Bytes(b.bytes.to_vec()),
-        RawBsonRef::DateTime(d) => Value::Bytes(
-            d.try_to_rfc3339_string()
-                .unwrap_or_default()
-                .replace('T', " ")
-                .trim_end_matches('Z')
-                .as_bytes()
-                .to_vec(),
-        ),
-        other => bail!(
-            "a {:?} value cannot be inserted into a MySQL column",
-            other.element_type()
-        ),
-    })
-}
-
-fn format_date(
-    (y, mo, d): (u16, u8, u8),
-    (h, mi, s): (u8, u8, u8),
-    us: u32,
-    date_only: bool,
-) -> String {
-    if date_only {
-        format!("{y:04}-{mo:02}-{d:02}")
-    } else if us > 0 {
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
-    } else {
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
-    }
-}
-
-/// Appends one column value to the document; returns its text form when `want_text`.
-fn append_value(
-    doc: &mut DocumentWriter,
-    name: &str,
-    col: &mysql_async::Column,
-    value: &Value,
-    want_text: bool,
-) -> Option<String> {
-    use mysql_async::consts::ColumnType as T;
-    match value {
-        Value::NULL => {
-            doc.null(name);
-            None
-        }
-        Value::Int(i) => {
-            doc.int64(name, *i);
-            want_text.then(|| i.to_string())
-        }
-        Value::UInt(u) => {
-            match i64::try_from(*u) {
-                Ok(i) => doc.int64(name, i),
-                Err(_) => doc.string(name, &u.to_string()),
-            }
-            want_text.then(|| u.to_string())
-        }
-        Value::Float(f) => {
-            doc.double(name, f64::from(*f));
-            None
-        }
-        Value::Double(f) => {
-            doc.double(name, *f);
-            None
-        }
-        Value::Date(y, mo, d, h, mi, s, us) => {
-            let date_only = col.column_type() == T::MYSQL_TYPE_DATE;
-            let text = format_date((*y, *mo, *d), (*h, *mi, *s), *us, date_only);
-            doc.string(name, &text);
-            Some(text)
-        }
-        Value::Time(neg, days, h, m, s, us) => {
-            let hours = u32::from(*h) + days * 24;
-            let sign = if *neg { "-" } else { "" };
-            let text = if *us > 0 {
-                format!("{sign}{hours:02}:{m:02}:{s:02}.{us:06}")
-            } else {
-                format!("{sign}{hours:02}:{m:02}:{s:02}")
-            };
-            doc.string(name, &text);
-            None
-        }
-        Value::Bytes(b) => {
-            let textual = col.character_set() != BINARY_CHARSET
-                || matches!(
-                    col.column_type(),
-                    T::MYSQL_TYPE_DECIMAL | T::MYSQL_TYPE_NEWDECIMAL
-                );
-            match std::str::from_utf8(b) {
-                Ok(s) if textual => {
-                    doc.string(name, s);
-                    want_text.then(|| s.to_string())
-                }
-                _ => {
-                    doc.binary(name, b);
-                    None
-                }
-            }
-        }
     }
 }
 
@@ -517,45 +421,13 @@ impl MysqlSource {
                 .map_err(|_| anyhow!("export query on {server}: no answer within {timeout:?}"))?
                 .with_context(|| format!("export query on {server}"))?;
             let mut doc = DocumentWriter::default();
-            let mut pk_idx = None;
-            let mut date_idx = None;
             loop {
                 let row = tokio::time::timeout(timeout, rows.next())
                     .await
                     .map_err(|_| anyhow!("reading rows from {server}: no row within {timeout:?}"))?
                     .with_context(|| format!("reading rows from {server}"))?;
                 let Some(row) = row else { break };
-                let cols = row.columns_ref();
-                let pk_i = *pk_idx.get_or_insert_with(|| {
-                    cols.iter().position(|c| c.name_str() == info.pk.as_str())
-                });
-                let date_i = *date_idx.get_or_insert_with(|| {
-                    cols.iter()
-                        .position(|c| c.name_str() == date_field.as_str())
-                });
-                let (Some(pk_i), Some(date_i)) = (pk_i, date_i) else {
-                    bail!("the export query did not return the key and date columns");
-                };
-                doc.begin();
-                let mut id = Bson::Null;
-                let mut date = String::new();
-                for (i, col) in cols.iter().enumerate() {
-                    let value = row.as_ref(i).unwrap_or(&Value::NULL);
-                    let name = col.name_str();
-                    let text = append_value(&mut doc, &name, col, value, i == pk_i || i == date_i);
-                    if i == pk_i {
-                        id = match value {
-                            Value::Int(v) => Bson::Int64(*v),
-                            Value::UInt(v) => match i64::try_from(*v) {
-                                Ok(v) => Bson::Int64(v),
-                                Err(_) => Bson::String(v.to_string()),
-                            },
-                            _ => Bson::String(text.unwrap_or_default()),
-                        };
-                    } else if i == date_i {
-                        date = text.unwrap_or_default();
-                    }
-                }
+                let (id, date) = encode_row(&row, &info.pk, &date_field, &mut doc)?;
                 sink.accept(Record {
                     id: &id,
                     date: &date,
@@ -673,66 +545,25 @@ impl Source for MysqlSource {
         self.export_limited(bounds, sink, None)
     }
 
-    fn delete_ids(&mut self, ids: &[Bson], bounds: &MonthBounds) -> anyhow::Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        self.info()?;
-        let mut params: Vec<Value> = Vec::with_capacity(ids.len());
-        for id in ids {
-            params.push(match id {
-                Bson::Int64(i) => Value::Int(*i),
-                Bson::Int32(i) => Value::Int((*i).into()),
-                Bson::String(s) => Value::Bytes(s.as_bytes().to_vec()),
-                other => bail!(
-                    "an archived id of type {:?} cannot be a MySQL key",
-                    other.element_type()
-                ),
-            });
-        }
-        // The batch is split over `purge.connections` sessions that delete concurrently: a
-        // single session leaves the server's other cores idle while it deletes.
-        let parts = self.delete_connections.max(1).min(ids.len());
-        let per_part = ids.len().div_ceil(parts).min(MAX_IDS_PER_STATEMENT);
-        let mut statements = Vec::new();
-        for chunk in params.chunks(per_part) {
-            let mut p = chunk.to_vec();
-            p.push(Value::Bytes(bounds.lower.as_bytes().to_vec()));
-            p.push(Value::Bytes(bounds.upper.as_bytes().to_vec()));
-            statements.push((self.delete_sql(chunk.len())?, p));
-        }
-        let (timeout, server) = (self.timeout, self.described.clone());
-        let wanted = statements.len().min(parts);
-        while self.delete_pool.len() < wanted {
-            let conn = self.connect()?;
-            self.delete_pool.push(conn);
-        }
-        let mut deleted = 0;
-        for wave in statements.chunks(wanted) {
-            let pool = &mut self.delete_pool;
-            let result = self.rt.block_on(async {
-                let futures = wave
-                    .iter()
-                    .zip(pool.iter_mut())
-                    .map(|((sql, p), c)| async move {
-                        c.exec_drop(sql.as_str(), p.clone()).await?;
-                        Ok::<u64, mysql_async::Error>(c.affected_rows())
-                    });
-                tokio::time::timeout(timeout, futures_util::future::try_join_all(futures)).await
-            });
-            match result {
-                Ok(Ok(counts)) => deleted += counts.iter().sum::<u64>(),
-                Ok(Err(e)) => {
-                    self.delete_pool.clear();
-                    bail!("deleting a batch on {server}: {e}");
-                }
-                Err(_) => {
-                    self.delete_pool.clear();
-                    bail!("deleting a batch on {server}: no answer within {timeout:?}");
-                }
-            }
-        }
-        Ok(deleted)
+    fn delete_archived(
+        &mut self,
+        docs: &[ArchivedDoc],
+        bounds: &MonthBounds,
+    ) -> anyhow::Result<DeleteOutcome> {
+        self.delete_unchanged(docs, bounds)
+    }
+
+    fn free_sessions(&mut self) -> anyhow::Result<Option<FreeSessions>> {
+        let row: Option<(u64, u64)> = self.with_conn("reading max_connections", |c| {
+            Box::pin(c.query_first(
+                "SELECT @@max_connections, (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED')",
+            ))
+        })?;
+        Ok(row.map(|(max, used)| FreeSessions {
+            max,
+            used,
+            free: max.saturating_sub(used),
+        }))
     }
 
     fn replication_lag(&mut self) -> anyhow::Result<Option<f64>> {
@@ -769,18 +600,5 @@ mod tests {
         .unwrap();
         assert_eq!(s.describe(), "mysql://root@127.0.0.1:3307/test.user_logs");
         assert!(!s.describe().contains("secret"));
-    }
-
-    #[test]
-    fn dates_format_like_mysql() {
-        assert_eq!(
-            format_date((2024, 1, 5), (3, 3, 11), 0, false),
-            "2024-01-05 03:03:11"
-        );
-        assert_eq!(format_date((2024, 1, 5), (0, 0, 0), 0, true), "2024-01-05");
-        assert_eq!(
-            format_date((2024, 1, 5), (3, 3, 11), 500, false),
-            "2024-01-05 03:03:11.000500"
-        );
     }
 }

@@ -1,0 +1,51 @@
+//! The commit step: both copies re-verified against the manifest; their size and sha256 go
+//! into the journal, and the purge deletes only what the file with exactly that size and
+//! sha256 holds. After this step nothing is undone.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use opskit_core::plan::{StepAction, StepContext, StepError, StepResult};
+
+use crate::job::ArchiveJob;
+use crate::staged::verify_local;
+use crate::testhook::pause_point;
+
+/// See the module docs.
+pub struct CommitStep {
+    job: ArchiveJob,
+}
+
+impl CommitStep {
+    /// The commit of `job`'s archive.
+    pub fn new(job: &ArchiveJob) -> CommitStep {
+        CommitStep { job: job.clone() }
+    }
+}
+
+fn failed(e: anyhow::Error) -> StepError {
+    StepError::Failed(e)
+}
+
+impl StepAction for CommitStep {
+    fn execute(&mut self, cx: &mut StepContext) -> StepResult {
+        pause_point("commit", "start", 1);
+        let started = Instant::now();
+        let m = self.job.load_manifest().map_err(failed)?;
+        let check = verify_local(&self.job.local_path(), &m).map_err(failed)?;
+        let host = self.job.backup_host().map_err(failed)?;
+        host.verify(&m)
+            .with_context(|| format!("verifying the uploaded archive on {}", host.describe()))
+            .map_err(failed)?;
+        tracing::info!(
+            count = check.count,
+            sha256 = %check.sha256,
+            "local and remote archives verified"
+        );
+        cx.gauge("verify_seconds", started.elapsed().as_secs_f64());
+        cx.record("sha256", &check.sha256);
+        cx.record("compressed_bytes", check.bytes);
+        cx.record("count", check.count);
+        Ok(())
+    }
+}

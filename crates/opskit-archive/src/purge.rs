@@ -1,0 +1,328 @@
+//! The purge step: the documents of the verified archive, read back from the local file and
+//! deleted in batches, each only while the source still holds exactly the archived version.
+//!
+//! The local file is trusted only if it is the very file the commit step verified: before the
+//! first delete, the purge opens it, hashes it through that open descriptor, compares size and
+//! sha256 with what the commit step recorded in the journal, and then reads the documents
+//! from the same descriptor (a file swapped in afterwards is never read). Any difference
+//! fails the step (exit 1, alert) before anything is deleted.
+//!
+//! Progress is checkpointed after every batch. A stop request (SIGINT/SIGTERM) ends the purge
+//! at the next batch boundary with the command that resumes it.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use opskit_core::plan::{StepAction, StepContext, StepError, StepResult};
+use serde::{Deserialize, Serialize};
+
+use crate::job::{ArchiveJob, SharedSource};
+use crate::source::{ArchivedDoc, DeleteOutcome};
+use crate::staged::{ArchiveManifest, documents_of, sha256_open};
+use crate::testhook::{panic_point, pause_point};
+
+/// The purge's progress, saved after every batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PurgeCheckpoint {
+    /// The archive these counts are about.
+    pub sha256: String,
+    /// Documents sent so far (a prefix of the archive, in file order).
+    pub sent: u64,
+    /// Documents the source deleted.
+    pub deleted: u64,
+    /// Documents kept because they changed since the export.
+    pub changed: u64,
+    /// Documents that were already gone.
+    pub gone: u64,
+    /// Batches completed.
+    pub batches: u64,
+}
+
+impl PurgeCheckpoint {
+    fn load(path: &Path, sha256: &str) -> anyhow::Result<PurgeCheckpoint> {
+        match std::fs::read_to_string(path) {
+            Ok(t) => {
+                let ck: PurgeCheckpoint = serde_json::from_str(&t)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                if ck.sha256 != sha256 {
+                    bail!(
+                        "{} belongs to another archive (sha256 {}); this one is {sha256}",
+                        path.display(),
+                        ck.sha256
+                    );
+                }
+                Ok(ck)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PurgeCheckpoint {
+                sha256: sha256.to_string(),
+                ..Default::default()
+            }),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            opskit_core::util::create_private_dir_all(dir)?;
+        }
+        opskit_core::util::write_atomic(
+            path,
+            serde_json::to_string(self).expect("serializes").as_bytes(),
+            0o600,
+        )
+    }
+}
+
+/// See the module docs.
+pub struct PurgeStep {
+    job: ArchiveJob,
+    source: SharedSource,
+    /// The archive, opened and checked by the precondition.
+    verified: Option<(File, ArchiveManifest)>,
+}
+
+impl PurgeStep {
+    /// The purge of `job` from `source`.
+    pub fn new(job: &ArchiveJob, source: &SharedSource) -> PurgeStep {
+        PurgeStep {
+            job: job.clone(),
+            source: source.clone(),
+            verified: None,
+        }
+    }
+}
+
+fn failed(e: anyhow::Error) -> StepError {
+    StepError::Failed(e)
+}
+
+impl StepAction for PurgeStep {
+    fn precondition(&mut self, cx: &mut StepContext) -> StepResult {
+        let local = self.job.local_path();
+        let committed = |key: &str| cx.recorded("commit", key).cloned();
+        let (Some(sha), Some(len)) = (
+            committed("sha256").and_then(|v| v.as_str().map(str::to_string)),
+            committed("compressed_bytes").and_then(|v| v.as_u64()),
+        ) else {
+            return Err(failed(anyhow!(
+                "the journal holds no size and sha256 from the commit step; nothing is deleted (re-run after removing {} to start the month over)",
+                self.job.journal_path().display()
+            )));
+        };
+        let mut file = File::open(&local)
+            .with_context(|| format!("opening {}", local.display()))
+            .map_err(failed)?;
+        let (found_sha, found_len) = sha256_open(&mut file, &local).map_err(failed)?;
+        if found_sha != sha || found_len != len {
+            return Err(failed(anyhow!(
+                "{} is not the archive the commit step verified: it has {found_len} bytes, sha256 {found_sha}; \
+                 the journal says {len} bytes, sha256 {sha}. Nothing is deleted. Put back the verified archive \
+                 (fetch it from the backup host) and re-run",
+                local.display()
+            )));
+        }
+        let m = self.job.load_manifest().map_err(failed)?;
+        if m.sha256 != sha || m.compressed_bytes != len {
+            return Err(failed(anyhow!(
+                "the manifest beside {} (sha256 {}) does not describe the archive the commit step verified (sha256 {sha}); nothing is deleted",
+                local.display(),
+                m.sha256
+            )));
+        }
+        self.verified = Some((file, m));
+        Ok(())
+    }
+
+    fn execute(&mut self, cx: &mut StepContext) -> StepResult {
+        let (file, m) = self.verified.take().ok_or_else(|| {
+            failed(anyhow!(
+                "internal: the purge ran without its checked archive"
+            ))
+        })?;
+        let ck = purge(&self.job, &self.source, file, &m, cx).map_err(failed)?;
+        cx.record("deleted", ck.deleted);
+        cx.record("changed", ck.changed);
+        cx.record("gone", ck.gone);
+        cx.record("batches", ck.batches);
+        Ok(())
+    }
+}
+
+/// Deletes the archive's documents in batches from `file` (already checked).
+fn purge(
+    job: &ArchiveJob,
+    source: &SharedSource,
+    file: File,
+    m: &ArchiveManifest,
+    cx: &mut StepContext,
+) -> anyhow::Result<PurgeCheckpoint> {
+    let started = Instant::now();
+    let ck_path = job.purge_checkpoint();
+    let mut ck = PurgeCheckpoint::load(&ck_path, &m.sha256)?;
+    if ck.sent > 0 {
+        tracing::info!(
+            sent = ck.sent,
+            deleted = ck.deleted,
+            batches = ck.batches,
+            "resuming the purge from {}",
+            ck_path.display()
+        );
+    }
+    let batch_size = job.config.purge.batch_size.get() as usize;
+    let pause = Duration::from_millis(job.config.purge.pause_ms);
+    let mut reader = documents_of(file);
+    let mut progress = cx.progress("purge", Some(m.count), "docs");
+    progress.inc(ck.sent);
+    let mut batch: Vec<ArchivedDoc> = Vec::with_capacity(batch_size);
+    let mut position = 0u64;
+    let mut now = DeleteOutcome::default();
+    loop {
+        let doc = reader.next_document().with_context(|| {
+            format!("reading documents back from {}", job.local_path().display())
+        })?;
+        let end = doc.is_none();
+        if let Some(doc) = doc {
+            position += 1;
+            if position > ck.sent {
+                let id = doc
+                    .get(&m.id_field)
+                    .with_context(|| format!("document {position}: reading `{}`", m.id_field))?
+                    .with_context(|| format!("document {position} has no `{}`", m.id_field))?;
+                batch.push(ArchivedDoc {
+                    id: id.to_raw_bson().try_into().map_err(|e| {
+                        anyhow!(
+                            "document {position}: `{}` is not a valid id: {e}",
+                            m.id_field
+                        )
+                    })?,
+                    raw: doc.to_owned(),
+                });
+            }
+        }
+        if batch.len() >= batch_size || (end && !batch.is_empty()) {
+            let number = ck.batches + 1;
+            opskit_core::interrupt::check(
+                || {
+                    format!(
+                        "before purge batch {number}: {} of {} documents done ({} deleted)",
+                        ck.sent, m.count, ck.deleted
+                    )
+                },
+                || {
+                    format!(
+                        "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
+                        job.bounds.month
+                    )
+                },
+            )?;
+            pause_point("purge", "batch", number);
+            panic_point("purge", "batch", number);
+            wait_for_lag(job, source)?;
+            let n = batch.len() as u64;
+            let o = source
+                .get()?
+                .delete_archived(&batch, &job.bounds)
+                .with_context(|| format!("deleting batch {number} ({n} documents)"))?;
+            if o.total() != n {
+                bail!(
+                    "batch {number}: {n} documents sent but {} deleted, {} changed and {} gone reported: stopping",
+                    o.deleted,
+                    o.changed,
+                    o.gone
+                );
+            }
+            pause_point("purge", "deleted", number);
+            if o.changed > 0 {
+                tracing::warn!(
+                    batch = number,
+                    "{} of {n} archived documents changed since the export and were kept (the next late pass archives their new version)",
+                    o.changed
+                );
+            }
+            if o.gone > 0 {
+                tracing::info!(
+                    batch = number,
+                    "{} of {n} archived documents were already gone (deleted by an earlier, interrupted run)",
+                    o.gone
+                );
+            }
+            ck.sent += n;
+            ck.deleted += o.deleted;
+            ck.changed += o.changed;
+            ck.gone += o.gone;
+            ck.batches += 1;
+            ck.save(&ck_path)?;
+            now.add(o);
+            progress.inc(n);
+            batch.clear();
+            if !pause.is_zero() && !end {
+                std::thread::sleep(pause);
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    progress.finish();
+    if ck.sent != m.count {
+        bail!(
+            "the purge sent {} documents but the archive holds {}",
+            ck.sent,
+            m.count
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        deleted = ck.deleted,
+        changed = ck.changed,
+        gone = ck.gone,
+        batches = ck.batches,
+        "purge done in {secs:.1}s"
+    );
+    cx.count("documents_deleted", now.deleted as f64);
+    cx.count("documents_changed_since_export", now.changed as f64);
+    cx.count("documents_already_gone", now.gone as f64);
+    // Archived documents still in the source after the purge: only those changed since.
+    cx.count("delete_shortfall", now.changed as f64);
+    cx.gauge("purge_seconds", secs);
+    Ok(ck)
+}
+
+/// Waits while the replicas lag more than `max_lag_secs` (doubling pauses up to 30 s),
+/// failing (resumably) after `max_lag_wait_secs`.
+fn wait_for_lag(job: &ArchiveJob, source: &SharedSource) -> anyhow::Result<()> {
+    let max = job.config.purge.max_lag_secs.get() as f64;
+    let give_up = Duration::from_secs(job.config.purge.max_lag_wait_secs.get());
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let lag = source.get()?.replication_lag()?;
+        match lag {
+            Some(l) if l > max => {
+                opskit_core::interrupt::check(
+                    || format!("while waiting for the replicas (lag {l:.0}s)"),
+                    || {
+                        format!(
+                            "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
+                            job.bounds.month
+                        )
+                    },
+                )?;
+                if started.elapsed() >= give_up {
+                    bail!(
+                        "replication lag {l:.0}s stayed above {max:.0}s for {give_up:?}; re-run to resume the purge"
+                    );
+                }
+                tracing::warn!(
+                    "replication lag {l:.1}s > {max:.0}s: pausing the purge {backoff:?}"
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            _ => return Ok(()),
+        }
+    }
+}

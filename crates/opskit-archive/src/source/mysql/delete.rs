@@ -1,0 +1,165 @@
+//! The purge of a MySQL table: each batch is split over `archive.purge.connections`
+//! sessions; each session, in one transaction, locks its rows (`SELECT * … FOR UPDATE`),
+//! encodes them exactly as the export did, and deletes only the rows that are byte-identical
+//! to the archived documents (still inside the month), then commits. A row changed since the
+//! export stays for the next late pass; a row already gone is counted, not an error.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+
+use super::row::{IdKey, encode_row};
+use super::{MAX_IDS_PER_STATEMENT, MysqlSource, month_predicate, quote_ident};
+use crate::bounds::MonthBounds;
+use crate::rawbson::DocumentWriter;
+use crate::source::{ArchivedDoc, DeleteOutcome};
+
+impl MysqlSource {
+    /// `SELECT * FROM t WHERE pk IN (?,…) FOR UPDATE`: the current rows, locked.
+    pub fn lock_sql(&mut self, n: usize) -> anyhow::Result<String> {
+        let info = self.info()?;
+        Ok(format!(
+            "SELECT * FROM {} WHERE {} IN ({}) FOR UPDATE",
+            self.table_ref(),
+            quote_ident(&info.pk),
+            vec!["?"; n].join(",")
+        ))
+    }
+
+    /// See the module docs.
+    pub(super) fn delete_unchanged(
+        &mut self,
+        docs: &[ArchivedDoc],
+        bounds: &MonthBounds,
+    ) -> anyhow::Result<DeleteOutcome> {
+        if docs.is_empty() {
+            return Ok(DeleteOutcome::default());
+        }
+        let info = self.info()?;
+        // Concurrent sessions: a single session leaves the server's other cores idle.
+        let parts = self.delete_connections.max(1).min(docs.len());
+        let per_part = docs.len().div_ceil(parts).min(MAX_IDS_PER_STATEMENT);
+        let chunks: Vec<&[ArchivedDoc]> = docs.chunks(per_part).collect();
+        let mut sqls = Vec::with_capacity(chunks.len());
+        for chunk in &chunks {
+            sqls.push(self.lock_sql(chunk.len())?);
+        }
+        let wanted = chunks.len().min(parts);
+        while self.delete_pool.len() < wanted {
+            let conn = self.connect()?;
+            self.delete_pool.push(conn);
+        }
+        let (timeout, server) = (self.timeout, self.described.clone());
+        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        let mut total = DeleteOutcome::default();
+        let table = self.table_ref();
+        let date_field = self.date_field.clone();
+        let predicate = month_predicate(&date_field, info.date_kind);
+        let pk = info.pk.as_str();
+        for (wave, wave_sql) in chunks.chunks(wanted).zip(sqls.chunks(wanted)) {
+            let pool = &mut self.delete_pool;
+            let date_field = date_field.as_str();
+            let result = self.rt.block_on(async {
+                let futures =
+                    wave.iter()
+                        .zip(wave_sql)
+                        .zip(pool.iter_mut())
+                        .map(|((chunk, sql), c)| {
+                            let part = Part {
+                                pk,
+                                date_field,
+                                table: &table,
+                                predicate: &predicate,
+                                lo: &lo,
+                                hi: &hi,
+                            };
+                            async move { part.run(c, sql, chunk).await }
+                        });
+                tokio::time::timeout(timeout, futures_util::future::try_join_all(futures)).await
+            });
+            match result {
+                Ok(Ok(outcomes)) => outcomes.into_iter().for_each(|o| total.add(o)),
+                Ok(Err(e)) => {
+                    // An open transaction is rolled back when its session goes away.
+                    self.delete_pool.clear();
+                    return Err(e.context(format!("deleting a batch on {server}")));
+                }
+                Err(_) => {
+                    self.delete_pool.clear();
+                    bail!("deleting a batch on {server}: no answer within {timeout:?}");
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// What one session needs to purge its part of a batch.
+struct Part<'a> {
+    pk: &'a str,
+    date_field: &'a str,
+    table: &'a str,
+    predicate: &'a str,
+    lo: &'a str,
+    hi: &'a str,
+}
+
+impl Part<'_> {
+    async fn run(
+        &self,
+        c: &mut Conn,
+        select: &str,
+        chunk: &[ArchivedDoc],
+    ) -> anyhow::Result<DeleteOutcome> {
+        let mut archived: HashMap<IdKey, &[u8]> = HashMap::with_capacity(chunk.len());
+        let mut keys = Vec::with_capacity(chunk.len());
+        for d in chunk {
+            let key = IdKey::of(&d.id)?;
+            keys.push(key.value());
+            archived.insert(key, d.raw.as_bytes());
+        }
+        c.query_drop("START TRANSACTION").await?;
+        let rows: Vec<Row> = c.exec(select, keys).await?;
+        let mut doc = DocumentWriter::default();
+        let mut unchanged: Vec<Value> = Vec::new();
+        for row in &rows {
+            let (id, _) = encode_row(row, self.pk, self.date_field, &mut doc)?;
+            let key = IdKey::of(&id)?;
+            if archived.get(&key).is_some_and(|a| *a == doc.finish()) {
+                unchanged.push(key.value());
+            }
+        }
+        let deleted = if unchanged.is_empty() {
+            0
+        } else {
+            let sql = format!(
+                "DELETE FROM {} WHERE {} IN ({}) AND {}",
+                self.table,
+                quote_ident(self.pk),
+                vec!["?"; unchanged.len()].join(","),
+                self.predicate
+            );
+            let n = unchanged.len() as u64;
+            let mut params = unchanged;
+            params.push(Value::Bytes(self.lo.as_bytes().to_vec()));
+            params.push(Value::Bytes(self.hi.as_bytes().to_vec()));
+            c.exec_drop(sql, params).await?;
+            let deleted = c.affected_rows();
+            if deleted > n {
+                return Err(anyhow!(
+                    "deleted {deleted} rows for {n} keys: stopping (is the key unique?)"
+                ));
+            }
+            deleted
+        };
+        c.query_drop("COMMIT").await?;
+        let present = rows.len() as u64;
+        Ok(DeleteOutcome {
+            deleted,
+            changed: present.saturating_sub(deleted),
+            gone: (chunk.len() as u64).saturating_sub(present),
+        })
+    }
+}
