@@ -46,7 +46,7 @@ impl Observed {
             p.push(s.clone());
         }
         if let Err(e) = &self.backup_host {
-            p.push(format!("the backup host does not answer: {e}"));
+            p.push(format!("the backup host is not usable: {e}"));
         }
         if let Some(s) = &self.sessions {
             p.push(s.clone());
@@ -260,7 +260,7 @@ fn observed_facts(plan: &mut Plan, job: &ArchiveJob, o: &Observed) {
                 "{} answers; {} does not exist yet (the run creates it)",
                 c.sftp.host, c.sftp.remote_dir
             ),
-            Err(e) => format!("DOES NOT ANSWER: {e}"),
+            Err(e) => format!("NOT USABLE (does not answer, or refused): {e}"),
         },
     );
     if let Some(s) = &o.sessions {
