@@ -1,7 +1,10 @@
 //! The Bash cron wrapper `deploy/cron/user_logs_archive.sh`, run for real: a fake `opskit` on
-//! PATH (failing, killed by SIGKILL, slow, succeeding) and a real local HTTP listener as the
-//! webhook. Checks that every failure reaches the webhook, that success does not, that runs
-//! never overlap (flock), and that the script passes `bash -n` and shellcheck.
+//! PATH (failing, killed by SIGKILL, slow, succeeding, alerting itself) and a real local HTTP
+//! listener as the webhook that records headers too. Checks that each failure gives exactly
+//! one alert (the wrapper's only when opskit did not send its own), in opskit's alert schema
+//! with an Idempotency-Key, that success gives none, that runs never overlap (flock), the log
+//! file per month, the terminal output, and that the script passes `bash -n` and shellcheck.
+//! `crates/opskit/tests/archive_operator.rs` runs the wrapper with the real opskit on the lab.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,6 +35,7 @@ struct Hook {
     method: String,
     path: String,
     content_type: String,
+    idempotency_key: String,
     body: Value,
 }
 
@@ -76,6 +80,7 @@ fn serve(stream: TcpStream) -> Option<Hook> {
     let path = parts.next()?.to_string();
     let mut length = 0usize;
     let mut content_type = String::new();
+    let mut idempotency_key = String::new();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).ok()?;
@@ -87,6 +92,7 @@ fn serve(stream: TcpStream) -> Option<Hook> {
             match name.to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().ok()?,
                 "content-type" => content_type = value.trim().to_string(),
+                "idempotency-key" => idempotency_key = value.trim().to_string(),
                 _ => {}
             }
         }
@@ -99,6 +105,7 @@ fn serve(stream: TcpStream) -> Option<Hook> {
         method,
         path,
         content_type,
+        idempotency_key,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     })
 }
@@ -118,7 +125,12 @@ impl Scene {
             std::env::temp_dir().join(format!("opskit-cron-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         let bin = dir.join("bin/opskit");
-        std::fs::write(&bin, format!("#!/bin/sh\n{fake_opskit}\n")).unwrap();
+        // Like the real one, `opskit archive month` names the month, run key and journal.
+        let month = r#"case "$*" in *"archive month"*)
+    m=2026-11; case "$*" in *"--month "*) m="${*##*--month }";; esac
+    echo "$m archive-test.user_logs-$m /var/lib/opskit/journal/archive/archive-test.user_logs-$m.jsonl"; exit 0;;
+esac"#;
+        std::fs::write(&bin, format!("#!/bin/sh\n{month}\n{fake_opskit}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         Scene { dir }
@@ -197,15 +209,50 @@ fn only_hook(webhook: &Webhook) -> Hook {
     hooks.into_iter().next().unwrap()
 }
 
+/// The wrapper's alert has exactly opskit's schema (docs/alerts.md) and an Idempotency-Key.
 fn assert_alert(hook: &Hook, scene: &Scene, code: i64) {
     assert_eq!(hook.method, "POST");
     assert_eq!(hook.path, "/hook");
     assert_eq!(hook.content_type, "application/json");
-    assert_eq!(hook.body["exit_code"], code, "{:#}", hook.body);
-    assert!(!hook.body["host"].as_str().unwrap_or("").is_empty());
+    let keys: Vec<&str> = hook
+        .body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "error",
+            "failed_at",
+            "host",
+            "journal",
+            "run_key",
+            "runbook",
+            "started_at",
+            "step"
+        ],
+        "{:#}",
+        hook.body
+    );
     assert_eq!(hook.body["runbook"], "archive");
+    assert_eq!(hook.body["step"], "wrapper");
+    let run_key = hook.body["run_key"].as_str().unwrap();
+    assert!(run_key.starts_with("archive-test.user_logs-"), "{run_key}");
+    assert!(!hook.body["host"].as_str().unwrap_or("").is_empty());
+    let failed_at = hook.body["failed_at"].as_str().unwrap();
+    assert!(hook.body["started_at"].as_str().unwrap() <= failed_at);
+    let error = hook.body["error"].as_str().unwrap();
+    assert!(error.contains(&format!("exit code {code}")), "{error}");
     let (log_path, _) = scene.log();
-    assert_eq!(hook.body["log"], log_path.to_str().unwrap());
+    assert!(error.contains(log_path.to_str().unwrap()), "{error}");
+    let epoch = chrono::DateTime::parse_from_rfc3339(failed_at)
+        .unwrap()
+        .timestamp();
+    assert_eq!(hook.idempotency_key, format!("{run_key}-{epoch}"));
 }
 
 #[test]
@@ -219,10 +266,10 @@ fn a_failing_opskit_calls_the_webhook_with_host_exit_code_and_log() {
     assert_eq!(status.code(), Some(1));
     let hook = only_hook(&webhook);
     assert_alert(&hook, &scene, 1);
-    assert!(hook.body["reason"].as_str().unwrap().contains("exited 1"));
+    assert!(hook.body["error"].as_str().unwrap().contains("exited 1"));
     // The log tail travels with the alert, JSON-escaped.
     assert!(
-        hook.body["log_tail"]
+        hook.body["error"]
             .as_str()
             .unwrap()
             .contains("export failed: \"quoted\" reason"),
@@ -251,13 +298,74 @@ fn an_opskit_killed_by_sigkill_is_reported() {
     let hook = only_hook(&webhook);
     assert_alert(&hook, &scene, 137);
     assert!(
-        hook.body["reason"]
+        hook.body["error"]
             .as_str()
             .unwrap()
             .contains("killed by signal 9"),
         "{:#}",
         hook.body
     );
+}
+
+#[test]
+fn an_opskit_that_sent_its_own_alert_gets_no_second_one() {
+    let webhook = Webhook::start();
+    let scene = Scene::new(
+        "alerted",
+        r#"echo "archive-test.user_logs-2026-11 export" >> "$OPSKIT_ALERT_RECEIPT"; echo "refused" >&2; exit 3"#,
+    );
+    let status = scene.run(&webhook.url(), &[]);
+    assert_eq!(status.code(), Some(3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(webhook.hooks().is_empty(), "{:#?}", webhook.hooks());
+    let (_, log) = scene.log();
+    assert!(log.contains("opskit already sent the alert"), "{log}");
+
+    // Exit codes above 3 are not opskit's: the wrapper alerts.
+    let scene = Scene::new("weird", "exit 7");
+    assert_eq!(scene.run(&webhook.url(), &[]).code(), Some(7));
+    let hook = only_hook(&webhook);
+    assert_alert(&hook, &scene, 7);
+}
+
+#[test]
+fn the_log_is_named_after_the_archived_month_and_a_terminal_sees_it_too() {
+    let webhook = Webhook::start();
+    let scene = Scene::new("month", "echo archiving; exit 0");
+    assert_eq!(
+        scene.run(&webhook.url(), &["--month", "2024-01"]).code(),
+        Some(0)
+    );
+    let (path, log) = scene.log();
+    assert_eq!(
+        path.file_name().unwrap().to_str().unwrap(),
+        "user_logs_archive-2024-01.log"
+    );
+    assert!(log.contains("archiving"), "{log}");
+    std::fs::remove_file(&path).unwrap();
+    // Without --month: the month opskit names (the fake says 2026-11).
+    assert_eq!(scene.run(&webhook.url(), &[]).code(), Some(0));
+    assert_eq!(
+        scene.log().0.file_name().unwrap().to_str().unwrap(),
+        "user_logs_archive-2026-11.log"
+    );
+
+    // From a terminal (script(1) gives the wrapper a pty): printed there as well.
+    let settings = scene.command(&webhook.url());
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("bash {WRAPPER} --month 2024-02"),
+            "/dev/null",
+        ])
+        .envs(settings.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("archiving"), "not on the terminal: {shown}");
+    let log = std::fs::read_to_string(scene.path("log/user_logs_archive-2024-02.log")).unwrap();
+    assert!(log.contains("archiving"), "{log}");
 }
 
 #[test]
@@ -283,10 +391,12 @@ fn a_missing_opskit_binary_is_reported() {
     assert_eq!(status.code(), Some(127));
     let hook = only_hook(&webhook);
     assert!(
-        hook.body["reason"]
+        hook.body["error"]
             .as_str()
             .unwrap()
-            .contains("opskit-not-installed not found")
+            .contains("opskit-not-installed not found"),
+        "{:#}",
+        hook.body
     );
 }
 
@@ -304,9 +414,9 @@ fn a_second_concurrent_run_is_refused_by_flock() {
     let second = scene.run(&webhook.url(), &[]);
     assert_eq!(second.code(), Some(3), "the second run is refused");
     let hook = only_hook(&webhook);
-    assert_eq!(hook.body["exit_code"], 3);
+    assert_alert(&hook, &scene, 3);
     assert!(
-        hook.body["reason"]
+        hook.body["error"]
             .as_str()
             .unwrap()
             .contains("another run holds"),
@@ -350,7 +460,7 @@ fn sigterm_to_the_wrapper_stops_opskit_and_alerts() {
     let hook = only_hook(&webhook);
     assert_alert(&hook, &scene, 143);
     assert!(
-        hook.body["reason"]
+        hook.body["error"]
             .as_str()
             .unwrap()
             .contains("received SIGTERM")
@@ -474,8 +584,38 @@ fn systemd_stop_post_alerts_only_when_systemd_ended_the_run() {
     run("signal", "killed", "KILL");
     let hook = only_hook(&webhook);
     assert_eq!(hook.method, "POST");
-    assert_eq!(hook.body["service_result"], "signal");
-    assert_eq!(hook.body["exit_status"], "KILL");
+    let mut keys: Vec<&str> = hook
+        .body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "error",
+            "failed_at",
+            "host",
+            "journal",
+            "run_key",
+            "runbook",
+            "started_at",
+            "step"
+        ]
+    );
+    assert_eq!(hook.body["step"], "systemd");
+    let error = hook.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("'signal'") && error.contains("KILL"),
+        "{error}"
+    );
     assert_eq!(hook.body["runbook"], "archive");
     assert!(!hook.body["host"].as_str().unwrap_or("").is_empty());
+    assert!(
+        hook.idempotency_key.starts_with("archive"),
+        "{}",
+        hook.idempotency_key
+    );
 }
