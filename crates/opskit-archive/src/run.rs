@@ -107,13 +107,15 @@ pub fn run(
 ) -> Result<ExitStatus, OpsError> {
     opskit_core::interrupt::install();
     let started = Utc::now();
-    let target = match crate::preflight::check_utf8_path("the state directory", state_dir)
-        .and_then(|()| target_month(config, req, now))
-    {
+    let asked = req.month.unwrap_or_else(|| default_month(config, now));
+    if let Err(e) = crate::preflight::check_utf8_path("the state directory", state_dir) {
+        alert(config, state_dir, asked, "preflight", &e, started);
+        return Err(e.into());
+    }
+    let target = match target_month(config, req, now) {
         Ok(m) => m,
         Err(e) => {
-            let key = req.month.unwrap_or_else(|| default_month(config, now));
-            alert(config, state_dir, key, "month", &e, started);
+            alert(config, state_dir, asked, "month", &e, started);
             return Err(e.into());
         }
     };
