@@ -225,7 +225,16 @@ fn visit_month(
     } else if rearchive {
         tracing::warn!("{month} is not marked restored; --rearchive changes nothing");
     }
-    let _lock = MonthLock::acquire(&job, "run")?;
+    let _lock = match MonthLock::acquire(&job, "run") {
+        Ok(lock) => lock,
+        // An earlier month being run by hand must not stop the scheduled month: its late
+        // pass waits for the next scheduled run.
+        Err(e) if visit == Visit::Sweep && ExitStatus::of(&e) == ExitStatus::Refused => {
+            tracing::warn!("{month}: skipped this time: {e:#}");
+            return Ok(ExitStatus::Success);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let source = SharedSource::new(&job);
     source
         .get()
