@@ -142,7 +142,8 @@ impl MongoRig {
                 return child;
             }
         }
-        panic!("opskit never reached {pause_at}");
+        let status = child.wait().unwrap();
+        panic!("opskit ended ({status}) before {pause_at}");
     }
 }
 
