@@ -114,7 +114,7 @@ fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport)
         ("plan shows the month's count and the anomalies", plan),
         ("--dry-run deletes nothing", dry_run),
         (
-            "SFTP down: exit 1, nothing deleted, webhook called",
+            "SFTP down: refused before the export (exit 3), nothing exported or deleted, webhook called",
             sftp_down,
         ),
         (
@@ -197,15 +197,19 @@ fn sftp_down(opskit: &Opskit, rig: &Rig, state: &LabState) -> anyhow::Result<Str
     let restarted = opskit_lab::up(&state.dir, &[Component::Sshd], None);
     let inv = inv?;
     restarted.context("restarting the lab sshd")?;
-    expect_code(&inv, 1, "archive run with the backup host down")?;
+    expect_code(&inv, 3, "archive run with the backup host down")?;
     unchanged(rig)?;
+    anyhow::ensure!(
+        staged_file(opskit).is_err(),
+        "a refused run left an archive in the staging directory"
+    );
     let alerts = rig.webhook.received()?;
     let alert = alerts
         .get(before..)
         .and_then(|new| new.iter().find(|a| a["runbook"] == RUNBOOK))
         .context("no archive alert reached the lab webhook")?;
     Ok(format!(
-        "exit 1, rows intact, alert for step `{}`: {}",
+        "exit 3, nothing exported, rows intact, alert for step `{}`: {}",
         alert["step"].as_str().unwrap_or("?"),
         alert["error"]
             .as_str()

@@ -34,8 +34,13 @@ impl App {
         if let Some(dir) = &global.state_dir {
             let dir = std::path::absolute(dir)
                 .map_err(|e| OpsError::Usage(format!("--state-dir {}: {e}", dir.display())))?;
-            config.general.state_dir = dir
-                .to_string_lossy()
+            let text = dir.to_str().ok_or_else(|| {
+                OpsError::Usage(format!(
+                    "--state-dir {}: the path is not valid UTF-8",
+                    dir.display()
+                ))
+            })?;
+            config.general.state_dir = text
                 .parse()
                 .map_err(|e| OpsError::Usage(format!("--state-dir: {e}")))?;
         }
