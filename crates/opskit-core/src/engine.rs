@@ -266,6 +266,9 @@ pub fn run(plan: Plan, opts: &EngineOptions) -> anyhow::Result<RunReport> {
         pid: std::process::id(),
         host: util::hostname(),
     })?;
+    if let Some(metrics) = opts.metrics {
+        metrics.run_started(&plan.runbook, started_at);
+    }
     let mut runner = Runner {
         plan,
         opts,
