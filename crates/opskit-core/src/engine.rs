@@ -300,6 +300,9 @@ fn run_journaled(
         pid: std::process::id(),
         host: util::hostname(),
     })?;
+    if let Some(metrics) = opts.metrics {
+        metrics.run_started(&plan.runbook, started_at);
+    }
     let mut runner = Runner {
         plan,
         opts,

@@ -7,12 +7,19 @@
 //! opskit_last_run_duration_seconds{runbook="archive"} 192.4
 //! opskit_last_run_success{runbook="archive"} 1
 //! opskit_archive_documents_exported{runbook="archive"} 60000000
+//! opskit_run_started_timestamp_seconds{runbook="archive"} 1706749200
+//! opskit_run_in_progress{runbook="archive"} 0
 //! ```
 //! The last-success timestamp survives failed runs: it is carried over from the previous file.
+//! The engine marks a run as started ([`MetricsWriter::run_started`]: in progress 1, the start
+//! time) before its first step and as ended when it writes the run's metrics (in progress 0), so
+//! a run that hangs or is killed stays visible as "in progress since …" to the alert rules
+//! (`deploy/prometheus/opskit.rules.yml`, `docs/metrics.md`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -34,9 +41,18 @@ pub struct RunMetrics {
     pub counters: BTreeMap<String, f64>,
 }
 
+/// Unix time the current (or last) run started; written when a run starts.
+pub const RUN_STARTED: &str = "opskit_run_started_timestamp_seconds";
+/// 1 from a run's start until its end is written, else 0. Stays 1 when a run is killed.
+pub const RUN_IN_PROGRESS: &str = "opskit_run_in_progress";
+
 /// Writes metrics files into one directory.
 pub struct MetricsWriter {
     dir: PathBuf,
+    /// Runbooks whose start this writer recorded and whose end it has not written yet, with
+    /// the start time: only the invocation that started a run may mark it ended (a run refused
+    /// by the lock must not hide the run that holds it).
+    open_runs: Mutex<BTreeMap<String, f64>>,
 }
 
 impl MetricsWriter {
@@ -44,6 +60,32 @@ impl MetricsWriter {
     pub fn new(dir: &Path) -> MetricsWriter {
         MetricsWriter {
             dir: dir.to_path_buf(),
+            open_runs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Marks a run of `runbook` as started at `at`: the file keeps the last run's samples and
+    /// gains the start time with in progress 1. A metrics failure never stops a run: it is
+    /// logged, not returned.
+    pub fn run_started(&self, runbook: &str, at: DateTime<Utc>) {
+        let started = at.timestamp() as f64;
+        let path = self.path_for(runbook);
+        let result = std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating metrics directory {}", self.dir.display()))
+            .and_then(|()| {
+                let previous = std::fs::read_to_string(&path).unwrap_or_default();
+                let mut text = without_metrics(&previous, &[RUN_STARTED, RUN_IN_PROGRESS]);
+                text.push_str(&render_run_state(runbook, started, true));
+                write_atomic(&path, text.as_bytes(), 0o644)
+            });
+        match result {
+            Ok(()) => {
+                self.open_runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(runbook.to_string(), started);
+            }
+            Err(e) => tracing::error!("the run-started metric could not be written: {e:#}"),
         }
     }
 
@@ -57,18 +99,75 @@ impl MetricsWriter {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating metrics directory {}", self.dir.display()))?;
         let path = self.path_for(&m.runbook);
-        let previous_success = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| sample_value(&t, "opskit_last_success_timestamp_seconds"));
+        let previous = std::fs::read_to_string(&path).unwrap_or_default();
+        let previous_success = sample_value(&previous, "opskit_last_success_timestamp_seconds");
         let last_success = if m.success {
             Some(m.finished_at.timestamp() as f64)
         } else {
             previous_success
         };
-        let text = render(m, last_success);
+        let mut text = render(m, last_success);
+        let opened = self
+            .open_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&m.runbook);
+        // This invocation's run ends here; any other run's state is carried over unchanged.
+        let run_state = match opened {
+            Some(started) => Some((started, false)),
+            None => sample_value(&previous, RUN_STARTED).map(|started| {
+                let running = sample_value(&previous, RUN_IN_PROGRESS) == Some(1.0);
+                (started, running)
+            }),
+        };
+        if let Some((started, running)) = run_state {
+            text.push_str(&render_run_state(&m.runbook, started, running));
+        }
         write_atomic(&path, text.as_bytes(), 0o644)?;
         Ok(path)
     }
+}
+
+/// The start time and in-progress gauge of a runbook's run.
+fn render_run_state(runbook: &str, started: f64, in_progress: bool) -> String {
+    let label = format!("{{runbook=\"{}\"}}", escape_label(runbook));
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            RUN_STARTED,
+            "Unix time the current or last run started.",
+            started,
+        ),
+        (
+            RUN_IN_PROGRESS,
+            "1 while a run is in progress (stays 1 if it was killed), else 0.",
+            if in_progress { 1.0 } else { 0.0 },
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{label} {value}");
+    }
+    out
+}
+
+/// The exposition text without the HELP, TYPE and sample lines of `names`.
+fn without_metrics(text: &str, names: &[&str]) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let name = match line
+            .strip_prefix("# HELP ")
+            .or(line.strip_prefix("# TYPE "))
+        {
+            Some(rest) => rest.split(' ').next().unwrap_or(""),
+            None => line.split(['{', ' ']).next().unwrap_or(""),
+        };
+        if !names.contains(&name) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn metric_name(s: &str) -> String {
@@ -176,5 +275,66 @@ mod tests {
         assert_eq!(sample_value(&text, "opskit_last_run_success"), Some(0.0));
         // No temp file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_started_run_is_in_progress_until_its_end_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = MetricsWriter::new(dir.path());
+        w.write(&run(true, 1000)).unwrap();
+        w.run_started("archive", DateTime::from_timestamp(1500, 0).unwrap());
+        let text = std::fs::read_to_string(w.path_for("archive")).unwrap();
+        assert_eq!(sample_value(&text, RUN_IN_PROGRESS), Some(1.0));
+        assert_eq!(sample_value(&text, RUN_STARTED), Some(1500.0));
+        // The last run's samples stay visible while the next one runs.
+        assert_eq!(
+            sample_value(&text, "opskit_last_success_timestamp_seconds"),
+            Some(1000.0)
+        );
+        assert_eq!(
+            sample_value(&text, "opskit_archive_documents_exported"),
+            Some(42.0)
+        );
+        // Starting twice replaces the samples; it never duplicates them.
+        w.run_started("archive", DateTime::from_timestamp(1600, 0).unwrap());
+        let text = std::fs::read_to_string(w.path_for("archive")).unwrap();
+        assert_eq!(text.matches("opskit_run_in_progress{").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("# TYPE opskit_run_started").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(sample_value(&text, RUN_STARTED), Some(1600.0));
+
+        w.write(&run(false, 2000)).unwrap();
+        let text = std::fs::read_to_string(w.path_for("archive")).unwrap();
+        assert_eq!(sample_value(&text, RUN_IN_PROGRESS), Some(0.0));
+        assert_eq!(sample_value(&text, RUN_STARTED), Some(1600.0));
+        assert_eq!(sample_value(&text, "opskit_last_run_success"), Some(0.0));
+    }
+
+    #[test]
+    fn an_invocation_that_did_not_start_the_run_leaves_it_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        // A run started and was killed (its writer never wrote the end).
+        MetricsWriter::new(dir.path())
+            .run_started("archive", DateTime::from_timestamp(1500, 0).unwrap());
+        // Another invocation (refused by the lock) writes its own outcome.
+        let other = MetricsWriter::new(dir.path());
+        other.write(&run(false, 2000)).unwrap();
+        let text = std::fs::read_to_string(other.path_for("archive")).unwrap();
+        assert_eq!(sample_value(&text, RUN_IN_PROGRESS), Some(1.0));
+        assert_eq!(sample_value(&text, RUN_STARTED), Some(1500.0));
+        assert_eq!(sample_value(&text, "opskit_last_run_success"), Some(0.0));
+    }
+
+    #[test]
+    fn a_runbook_that_never_started_a_run_writes_no_run_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = MetricsWriter::new(dir.path());
+        w.write(&run(true, 1000)).unwrap();
+        let text = std::fs::read_to_string(w.path_for("archive")).unwrap();
+        assert!(!text.contains(RUN_STARTED), "{text}");
+        assert!(!text.contains(RUN_IN_PROGRESS), "{text}");
     }
 }

@@ -7,7 +7,7 @@ use opskit_core::alert::Alerter;
 use opskit_core::config::{Config, ConfigSource};
 use opskit_core::engine::{self, EngineOptions, RunOutcome, RunReport};
 use opskit_core::logging::LogFormat;
-use opskit_core::metrics::MetricsWriter;
+use opskit_core::metrics::{MetricsWriter, RunMetrics};
 use opskit_core::plan::Plan;
 use opskit_core::{ExitStatus, OpsError};
 
@@ -99,6 +99,16 @@ impl App {
             RunOutcome::Refused { .. } => ExitStatus::Refused,
             RunOutcome::Failed { .. } => ExitStatus::Failed,
         })
+    }
+
+    /// Writes the metrics of a command that does not run through the engine (the nginx
+    /// probe) to the configured metrics directory. A metrics failure never changes the
+    /// command's outcome: it is logged.
+    pub fn write_metrics(&self, m: RunMetrics) {
+        let writer = MetricsWriter::new(self.config.general.metrics_dir.path());
+        if let Err(e) = writer.write(&m) {
+            tracing::error!("the metrics file could not be written: {e:#}");
+        }
     }
 
     fn print_report(&self, runbook: &str, r: &RunReport) {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use opskit_core::config::Config;
+use opskit_core::metrics::sample_value;
 use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 
 fn opskit(config: &Path) -> Command {
@@ -131,11 +132,15 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
         .unwrap();
     let dir = lab.dir().parent().unwrap().to_path_buf();
     let rig: EdgeServer = lab.view().unwrap();
-    let config = Config {
+    let mut config = Config {
         nginx: rig.settings.clone(),
         ..Config::default()
     };
+    let metrics = dir.join("metrics");
+    config.general.metrics_dir = metrics.to_string_lossy().parse().unwrap();
     let cfg = config_file(dir.as_path(), &config.to_toml());
+    // What the OpskitNginxProbe* alert rules read (deploy/prometheus/opskit.rules.yml).
+    let prom = || std::fs::read_to_string(metrics.join("opskit_nginx_probe.prom")).unwrap();
     let probe = |extra: &[&str]| {
         opskit(&cfg)
             .args([
@@ -157,6 +162,17 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
     assert_eq!(out.status.code(), Some(0), "{v:#}");
     assert_eq!(v["passed"], true);
     assert!(v["checks"].as_array().unwrap().len() >= 20);
+    let passed = prom();
+    assert_eq!(
+        sample_value(&passed, "opskit_last_run_success"),
+        Some(1.0),
+        "{passed}"
+    );
+    assert_eq!(
+        sample_value(&passed, "opskit_nginx_probe_checks_failed"),
+        Some(0.0)
+    );
+    assert!(sample_value(&passed, "opskit_nginx_probe_checks_passed").unwrap() >= 20.0);
     // The same server judged against a wrong expectation (the redirect on port 1) fails.
     let out = probe(&["--http-port", "1", "--timeout", "2"]);
     assert_eq!(out.status.code(), Some(1));
@@ -170,6 +186,21 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
         .collect();
     assert!(failed.contains(&"redirect.301_path_query"), "{failed:?}");
     assert!(!failed.iter().any(|n| n.starts_with("tls.")), "{failed:?}");
+    let failing = prom();
+    assert_eq!(
+        sample_value(&failing, "opskit_last_run_success"),
+        Some(0.0),
+        "{failing}"
+    );
+    assert_eq!(
+        sample_value(&failing, "opskit_nginx_probe_checks_failed"),
+        Some(failed.len() as f64)
+    );
+    // The last pass is still known, for the dashboard.
+    assert_eq!(
+        sample_value(&failing, "opskit_last_success_timestamp_seconds"),
+        sample_value(&passed, "opskit_last_success_timestamp_seconds")
+    );
     lab.down().unwrap();
 }
 

@@ -2,14 +2,15 @@
 //! in `opskit-edge`; this file only wires arguments to it.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use opskit_core::config::NginxConfig;
 use opskit_core::config::nginx::parse_nginx_version;
+use opskit_core::metrics::RunMetrics;
 use opskit_core::{ExitStatus, OpsError};
 use opskit_edge::apply::{self, Deploy};
-use opskit_edge::probe::{self, Group, ProbeOptions};
+use opskit_edge::probe::{self, Group, ProbeOptions, ProbeReport, Verdict};
 use opskit_edge::{check, render};
 
 use crate::app::App;
@@ -241,7 +242,9 @@ fn probe_options(t: &ProbeTargetArgs, settings: &NginxConfig) -> Result<ProbeOpt
 
 fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
     let opts = probe_options(&a.target, settings)?;
+    let clock = Instant::now();
     let report = probe::run(settings, &opts)?;
+    write_probe_metrics(app, &report, clock.elapsed());
     match app.output {
         OutputFormat::Json => println!(
             "{}",
@@ -254,6 +257,27 @@ fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
     } else {
         ExitStatus::Failed
     })
+}
+
+/// The runbook label of the probe's metrics (`opskit_nginx_probe.prom`), which the
+/// `OpskitNginxProbe*` alert rules read. A probe that could not run (bad usage, no curl) writes
+/// nothing: its absence is what `OpskitNginxProbeNotRunning` reports.
+const PROBE_RUNBOOK: &str = "nginx_probe";
+
+fn write_probe_metrics(app: &App, report: &ProbeReport, took: Duration) {
+    let count = |v: Verdict| report.checks.iter().filter(|c| c.verdict == v).count() as f64;
+    let counters = [
+        ("checks_passed", count(Verdict::Pass)),
+        ("checks_failed", count(Verdict::Fail)),
+        ("checks_skipped", count(Verdict::Skip)),
+    ];
+    app.write_metrics(RunMetrics {
+        runbook: PROBE_RUNBOOK.into(),
+        finished_at: apply::Utc::now(),
+        duration_secs: took.as_secs_f64(),
+        success: report.passed(),
+        counters: counters.map(|(k, v)| (k.to_string(), v)).into(),
+    });
 }
 
 fn apply_cmd(a: ApplyArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
