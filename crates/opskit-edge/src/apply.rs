@@ -139,6 +139,15 @@ pub fn plan(deploy: &Deploy, now: DateTime<Utc>) -> Plan {
         Reload(d.clone()),
     );
     plan.step(
+        StepSpec::new(
+            "quick-probe",
+            "Quick probe right after the reload: TLS + h2, home page, bot routing, 301, /api/landing",
+        )
+        .command(format!("{} --quick", probe_command(&d.probe)))
+        .verification("all five pass; otherwise the reload is undone within a second or two"),
+        QuickProbe(d.clone()),
+    );
+    plan.step(
         StepSpec::new("probe", "Probe the live server against spec §2")
             .command(probe_command(&d.probe))
             .verification("every check passes"),
@@ -371,29 +380,50 @@ impl StepAction for Reload {
     }
 }
 
+/// The failed checks of a probe as one error (`name: what was seen | …`).
+fn probe_failure(what: &str, report: &probe::ProbeReport) -> StepResult {
+    let details: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| c.verdict == probe::Verdict::Fail)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if details.is_empty() {
+        return Ok(());
+    }
+    let n = details.len();
+    Err(anyhow!(
+        "the {what} failed {n} check{}: {}",
+        if n == 1 { "" } else { "s" },
+        details.join(" | ")
+    )
+    .into())
+}
+
+struct QuickProbe(Deploy);
+
+impl StepAction for QuickProbe {
+    fn execute(&mut self, cx: &mut StepContext) -> StepResult {
+        let d = &self.0;
+        let report = probe::quick(&d.settings, &d.probe)?;
+        cx.record("quick_checks_failed", report.failed().len());
+        probe_failure("quick probe", &report)
+    }
+}
+
 struct Probe(Deploy);
 
 impl StepAction for Probe {
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
         let d = &self.0;
-        let report = probe::run(&d.settings, &d.probe)?;
-        let failed = report.failed();
-        cx.gauge("probe_checks_failed", failed.len() as f64);
+        let groups = d.probe.selected_groups().len() as u64;
+        let progress = cx.progress("probe", Some(groups), "groups");
+        let report = probe::run_reporting(&d.settings, &d.probe, progress)?;
+        let failed = report.failed().len();
+        cx.gauge("probe_checks_failed", failed as f64);
         cx.gauge("probe_checks_total", report.checks.len() as f64);
-        if !failed.is_empty() {
-            let details: Vec<String> = report
-                .checks
-                .iter()
-                .filter(|c| c.verdict == probe::Verdict::Fail)
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
-            return Err(anyhow!(
-                "the probe failed {} check(s): {}",
-                failed.len(),
-                details.join(" | ")
-            )
-            .into());
-        }
-        Ok(())
+        cx.record("probe_checks_total", report.checks.len());
+        cx.record("probe_checks_failed", failed);
+        probe_failure("probe", &report)
     }
 }

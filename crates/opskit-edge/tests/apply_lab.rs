@@ -82,7 +82,8 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
     );
     still_serving(&rig);
 
-    // nginx -t passes but php-fpm's socket is wrong: the probe fails, file and reload undone.
+    // nginx -t passes but php-fpm's socket is wrong: the quick probe right after the reload
+    // fails (the full probe never starts), file and reload undone.
     let mut wrong_socket = good.clone();
     wrong_socket.php_fpm_socket = dir
         .join("run/nowhere.sock")
@@ -90,7 +91,8 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .parse()
         .unwrap();
     let report = deploy(state.path(), &wrong_socket);
-    assert_rolled_back(&report.outcome, "probe", "api.landing_200");
+    assert_rolled_back(&report.outcome, "quick-probe", "quick.api_landing_200");
+    assert!(!report.executed.iter().any(|s| s == "probe"), "{report:?}");
     assert_eq!(
         report.undone,
         vec!["reload".to_string(), "write".to_string()]

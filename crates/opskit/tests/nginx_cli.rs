@@ -109,7 +109,14 @@ fn apply_dry_run_prints_the_deploy_plan() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    for step in ["[backup]", "[write]", "[test]", "[reload]", "[probe]"] {
+    for step in [
+        "[backup]",
+        "[write]",
+        "[test]",
+        "[reload]",
+        "[quick-probe]",
+        "[probe]",
+    ] {
         assert!(text.contains(step), "{step} missing:\n{text}");
     }
     assert!(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use opskit_core::config::NginxConfig;
 use opskit_core::config::nginx::parse_nginx_version;
+use opskit_core::progress::Style;
 use opskit_core::{ExitStatus, OpsError};
 use opskit_edge::apply::{self, Deploy};
 use opskit_edge::probe::{self, Group, ProbeOptions};
@@ -110,6 +111,10 @@ pub struct ProbeArgs {
     /// What to probe.
     #[command(flatten)]
     pub target: ProbeTargetArgs,
+    /// Only the quick checks `apply` runs right after the reload (TLS + h2, home page, bot
+    /// routing, 301, /api/landing): under a second.
+    #[arg(long, conflicts_with_all = ["group", "stage_fixtures"])]
+    pub quick: bool,
 }
 
 /// Runs `opskit nginx`.
@@ -240,14 +245,19 @@ fn probe_options(t: &ProbeTargetArgs, settings: &NginxConfig) -> Result<ProbeOpt
 }
 
 fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
-    let opts = probe_options(&a.target, settings)?;
-    let report = probe::run(settings, &opts)?;
+    let mut opts = probe_options(&a.target, settings)?;
+    opts.progress = app.progress_enabled();
+    let report = if a.quick {
+        probe::quick(settings, &opts)?
+    } else {
+        probe::run(settings, &opts)?
+    };
     match app.output {
         OutputFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&report.printed()).expect("reports serialize")
         ),
-        OutputFormat::Text => print!("{}", report.render_table()),
+        OutputFormat::Text => print!("{}", report.render_table_styled(Style::for_stdout())),
     }
     Ok(if report.passed() {
         ExitStatus::Success
