@@ -28,7 +28,7 @@ pub fn human_count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -133,7 +133,8 @@ impl Write for LogWriter {
 
 /// Reports progress of one stage.
 pub struct Progress {
-    label: String,
+    // Boxed: keeps `Progress` small enough to travel inside a `Mutex` by value.
+    label: Box<str>,
     unit: &'static str,
     total: Option<u64>,
     bar: Option<ProgressBar>,
@@ -191,7 +192,7 @@ impl Progress {
         });
         let now = Instant::now();
         Progress {
-            label: label.to_string(),
+            label: label.into(),
             unit,
             total,
             bar,
@@ -213,7 +214,7 @@ impl Progress {
 
     /// Replaces the label (e.g. the stage now running).
     pub fn set_message(&mut self, label: &str) {
-        self.label = label.to_string();
+        self.label = label.into();
         if let Some(bar) = &self.bar {
             bar.set_message(label.to_string());
         }
