@@ -96,17 +96,27 @@ fn bad_settings_are_refused_with_exit_2() {
 }
 
 #[test]
-fn apply_dry_run_prints_the_deploy_plan() {
+fn apply_dry_run_prints_the_deploy_plan_and_refuses_like_the_real_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let out = opskit(&config_file(dir.path(), ""))
+    // Nothing runs nginx with this pid file: the real apply refuses, so the dry run does too.
+    let cfg = config_file(
+        dir.path(),
+        &format!(
+            "[nginx]\npid_file = \"{}\"\n",
+            dir.path().join("nginx.pid").display()
+        ),
+    );
+    let out = opskit(&cfg)
         .args(["--state-dir", &dir.path().to_string_lossy()])
         .args(["nginx", "apply", "--dry-run", "--nginx-version", "1.24"])
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("nginx is not running: its pid file")
+            && !stderr.contains("No such file or directory"),
+        "{stderr}"
     );
     let text = String::from_utf8(out.stdout).unwrap();
     for step in [
@@ -217,6 +227,32 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
     };
     let mut good = rig.settings.clone();
     good.api_burst = 1;
+    let before = std::fs::read_to_string(rig.settings.config_path.path()).unwrap();
+    let dry = {
+        let mut config = Config {
+            nginx: good.clone(),
+            ..Config::default()
+        };
+        config.general.state_dir = state.to_string_lossy().parse().unwrap();
+        let cfg = config_file(dir.as_path(), &config.to_toml());
+        opskit(&cfg)
+            .args(["nginx", "apply", "--dry-run"])
+            .output()
+            .unwrap()
+    };
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "-            limit_req zone=api;\n+            limit_req zone=api burst=1 nodelay;\n"
+        ),
+        "the dry run shows the change as a unified diff:\n{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
+        before,
+        "a dry run writes nothing"
+    );
     let (code, v) = apply(&good);
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["outcome"], "succeeded");

@@ -267,9 +267,36 @@ fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
 }
 
 fn apply_cmd(a: ApplyArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
-    let s = with_version(settings, a.nginx_version.as_deref(), true)?;
+    // Without a working nginx binary, render for the configured version: the preflight then
+    // refuses inside the engine, so the refusal is journaled and alerted like any other.
+    let s = match with_version(settings, a.nginx_version.as_deref(), true) {
+        Err(OpsError::Refused(_)) => with_version(settings, a.nginx_version.as_deref(), false)?,
+        other => other?,
+    };
     let opts = probe_options(&a.probe, &s)?;
     let now = apply::Utc::now();
     let deploy = Deploy::new(&s, render::render(&s), &app.state_dir(), opts, now);
-    app.run_plan(apply::plan(&deploy, now), a.dry_run)
+    let plan = apply::plan(&deploy, now);
+    if !a.dry_run {
+        return app.run_plan(plan, false);
+    }
+    app.print_plan(&plan);
+    if app.output == OutputFormat::Text {
+        let diff = apply::diff_against_live(&deploy)?;
+        if diff.is_empty() {
+            println!("\nno change: {} already holds this config", s.config_path);
+        } else {
+            println!("\nchanges to {}:\n{diff}", s.config_path);
+        }
+    }
+    // The same preflight the real apply runs first: a dry run refuses where it would.
+    match apply::preflight(&deploy) {
+        Ok(()) => Ok(ExitStatus::Success),
+        Err(reason) => {
+            eprintln!(
+                "opskit: refused: nginx [backup]: {reason}\nthe real apply would refuse too; nothing was changed"
+            );
+            Ok(ExitStatus::Refused)
+        }
+    }
 }
