@@ -379,14 +379,14 @@ struct TestConfig(Deploy);
 impl StepAction for TestConfig {
     fn execute(&mut self, _cx: &mut StepContext) -> StepResult {
         let d = &self.0;
-        let report = check::test_config(
+        let mut report = check::test_config(
             d.settings.nginx_binary.path(),
             d.settings.nginx_prefix.as_ref().map(|p| p.path()),
             &d.live(),
         )?;
         if !report.ok {
-            let mut lines = report.errors.clone();
-            lines.extend(report.warnings.clone());
+            report.cite(&d.live(), &d.new_config, None);
+            let mut lines = report.problems();
             if lines.is_empty() {
                 lines.push(report.output.trim().to_string());
             }

@@ -91,6 +91,30 @@ fn syntax_for_a_newer_nginx_fails_on_the_installed_one() {
         "{}",
         report.output
     );
+    // The scratch copy is gone: the message names the rendered config and quotes the line.
+    assert!(
+        !report.output.contains("opskit-nginx-check-"),
+        "{}",
+        report.output
+    );
+    assert!(
+        report.output.contains("in rendered nginx.conf:"),
+        "{}",
+        report.output
+    );
+    let cited = report.cited.first().expect("the offending line is quoted");
+    assert_eq!(
+        render::render(&s).lines().nth(cited.line - 1),
+        Some(cited.text.as_str())
+    );
+    assert!(cited.text.contains("http2 on;"), "{cited:?}");
+    assert!(
+        report
+            .render_text()
+            .contains(&format!("    {} | http2 on;", cited.line)),
+        "{}",
+        report.render_text()
+    );
 }
 
 #[test]

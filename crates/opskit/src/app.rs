@@ -9,9 +9,19 @@ use opskit_core::engine::{self, EngineOptions, RunOutcome, RunReport};
 use opskit_core::logging::LogFormat;
 use opskit_core::metrics::MetricsWriter;
 use opskit_core::plan::Plan;
+use opskit_core::progress::Style;
 use opskit_core::{ExitStatus, OpsError};
 
 use crate::cli::{GlobalArgs, OutputFormat};
+
+/// `1 step`, `3 steps`: a count with its noun, never "1 steps".
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
 
 /// The loaded configuration and global options.
 pub struct App {
@@ -106,9 +116,10 @@ impl App {
         }
         match &r.outcome {
             RunOutcome::Succeeded => println!(
-                "{runbook}: succeeded in {:.1}s ({} steps run, {} already done); journal {}",
+                "{runbook}: {} in {:.1}s ({} run, {} already done); journal {}",
+                Style::for_stdout().pass("succeeded"),
                 r.duration_secs,
-                r.executed.len(),
+                plural(r.executed.len(), "step"),
                 r.skipped.len(),
                 r.journal.display()
             ),
@@ -129,8 +140,10 @@ impl App {
                 rolled_back,
             } => {
                 eprintln!("opskit: failed: {runbook} [{step}]: {error}");
-                if *rolled_back {
-                    eprintln!("the completed steps were undone: {:?}", r.undone);
+                if *rolled_back && r.undone.is_empty() {
+                    eprintln!("nothing had been changed, so nothing was undone");
+                } else if *rolled_back {
+                    eprintln!("undone, newest first: {}", r.undone.join(", "));
                 } else {
                     eprintln!("re-run the same command to resume from the journal");
                 }

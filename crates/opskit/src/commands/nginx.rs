@@ -190,13 +190,14 @@ fn check_cmd(a: CheckArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
         ),
         OutputFormat::Text => {
             println!("{}", report.command);
-            print!("{}", report.output);
+            print!("{}", report.render_text());
+            let style = Style::for_stdout();
             println!(
                 "{}",
                 if report.ok {
-                    "OK: no errors, no warnings"
+                    style.pass("OK: no errors, no warnings")
                 } else {
-                    "FAILED"
+                    style.fail("FAILED")
                 }
             );
         }
