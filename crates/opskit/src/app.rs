@@ -72,8 +72,8 @@ impl App {
     /// Prints a plan in the chosen output format (the dry run).
     pub fn print_plan(&self, plan: &Plan) {
         match self.output {
-            OutputFormat::Text => print!("{}", plan.render_text()),
-            OutputFormat::Json => println!(
+            OutputFormat::Text => crate::out!("{}", plan.render_text()),
+            OutputFormat::Json => crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&plan.describe()).expect("plans serialize")
             ),
@@ -108,14 +108,14 @@ impl App {
 
     fn print_report(&self, runbook: &str, r: &RunReport) {
         if self.output == OutputFormat::Json {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&r.summary(runbook)).expect("summaries serialize")
             );
             return;
         }
         match &r.outcome {
-            RunOutcome::Succeeded => println!(
+            RunOutcome::Succeeded => crate::outln!(
                 "{runbook}: {} in {:.1}s ({} run, {} already done); journal {}",
                 Style::for_stdout().pass("succeeded"),
                 r.duration_secs,
@@ -123,7 +123,7 @@ impl App {
                 r.skipped.len(),
                 r.journal.display()
             ),
-            RunOutcome::AlreadyDone { finished } => println!(
+            RunOutcome::AlreadyDone { finished } => crate::outln!(
                 "{runbook}: nothing to do: this run already succeeded{}; journal {}",
                 finished
                     .map(|t| format!(" at {}", t.to_rfc3339()))

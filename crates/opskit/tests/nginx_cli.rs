@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use opskit::commands::history::HistoryReport;
+use opskit::commands::status::StatusReport;
 use opskit_core::config::Config;
+use opskit_core::journal::RunResult;
 use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 
 fn opskit(config: &Path) -> Command {
@@ -273,5 +276,38 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
         live
     );
+
+    // status and history read both runs back from the journals.
+    let cfg = dir.as_path().join("opskit.toml");
+    let out = opskit(&cfg)
+        .args(["--output", "json", "status"])
+        .output()
+        .unwrap();
+    let status: StatusReport = serde_json::from_slice(&out.stdout).unwrap();
+    let nginx = status
+        .runbooks
+        .iter()
+        .find(|r| r.runbook == "nginx")
+        .unwrap();
+    let last = nginx.last_run.as_ref().unwrap();
+    assert_eq!(last.result, RunResult::RolledBack);
+    assert_eq!(last.failed_step.as_deref(), Some("test"));
+    assert!(nginx.metrics_file.is_some(), "{nginx:?}");
+    assert!(!nginx.lock.as_ref().unwrap().held);
+    let out = opskit(&cfg).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("nginx     FAILED, rolled back in ") && text.contains("at [test]: "),
+        "{text}"
+    );
+    let out = opskit(&cfg)
+        .args(["--output", "json", "history", "nginx"])
+        .output()
+        .unwrap();
+    let history: HistoryReport = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<RunResult> = history.runs.iter().map(|r| r.result).collect();
+    assert_eq!(results, [RunResult::RolledBack, RunResult::Succeeded]);
+    assert!(history.runs[1].figures["probe.probe_checks_total"] >= 10.0);
+    assert_eq!(history.runs[1].figures["probe.probe_checks_failed"], 0.0);
     lab.down().unwrap();
 }

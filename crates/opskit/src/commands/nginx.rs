@@ -165,8 +165,8 @@ fn render_cmd(a: RenderArgs, settings: &NginxConfig, app: &App) -> Result<ExitSt
     let s = with_version(settings, a.nginx_version.as_deref(), false)?;
     let text = render::render(&s);
     match app.output {
-        OutputFormat::Text => print!("{text}"),
-        OutputFormat::Json => println!(
+        OutputFormat::Text => crate::out!("{text}"),
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::json!({ "nginx_version": s.nginx_version, "config": text })
         ),
@@ -184,15 +184,15 @@ fn check_cmd(a: CheckArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
         }
     }?;
     match app.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("reports serialize")
         ),
         OutputFormat::Text => {
-            println!("{}", report.command);
-            print!("{}", report.render_text());
+            crate::outln!("{}", report.command);
+            crate::out!("{}", report.render_text());
             let style = Style::for_stdout();
-            println!(
+            crate::outln!(
                 "{}",
                 if report.ok {
                     style.pass("OK: no errors, no warnings")
@@ -254,11 +254,11 @@ fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
         probe::run(settings, &opts)?
     };
     match app.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report.printed()).expect("reports serialize")
         ),
-        OutputFormat::Text => print!("{}", report.render_table_styled(Style::for_stdout())),
+        OutputFormat::Text => crate::out!("{}", report.render_table_styled(Style::for_stdout())),
     }
     Ok(if report.passed() {
         ExitStatus::Success
@@ -285,9 +285,9 @@ fn apply_cmd(a: ApplyArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
     if app.output == OutputFormat::Text {
         let diff = apply::diff_against_live(&deploy)?;
         if diff.is_empty() {
-            println!("\nno change: {} already holds this config", s.config_path);
+            crate::outln!("\nno change: {} already holds this config", s.config_path);
         } else {
-            println!("\nchanges to {}:\n{diff}", s.config_path);
+            crate::outln!("\nchanges to {}:\n{diff}", s.config_path);
         }
     }
     // The same preflight the real apply runs first: a dry run refuses where it would.
