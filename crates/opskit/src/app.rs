@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use opskit_core::alert::Alerter;
+use opskit_core::alert::{AlertPayload, Alerter};
 use opskit_core::config::{Config, ConfigSource};
 use opskit_core::engine::{self, EngineOptions, RunOutcome, RunReport};
+use opskit_core::journal::Journal;
 use opskit_core::logging::LogFormat;
 use opskit_core::metrics::MetricsWriter;
 use opskit_core::plan::Plan;
@@ -97,7 +98,32 @@ impl App {
             progress: self.progress_enabled(),
         };
         let runbook = plan.runbook.clone();
-        let report = engine::run(plan, &opts).map_err(OpsError::Failed)?;
+        let run_key = plan.run_key.clone();
+        let started_at = chrono::Utc::now();
+        let report = match engine::run(plan, &opts) {
+            Ok(report) => report,
+            Err(e) => {
+                // The engine could not work at all (state directory unwritable, lock error):
+                // still a failed run, so it alerts like one.
+                if let Some(alerter) = &alerter {
+                    let journal = Journal::path_for(&opts.state_dir, &runbook, &run_key);
+                    let payload = AlertPayload {
+                        runbook,
+                        run_key,
+                        step: "engine".into(),
+                        error: format!("{e:#}"),
+                        host: opskit_core::util::hostname(),
+                        started_at,
+                        failed_at: chrono::Utc::now(),
+                        journal: journal.display().to_string(),
+                    };
+                    if let Err(e) = alerter.send(&payload) {
+                        tracing::error!("the failure alert could not be delivered: {e:#}");
+                    }
+                }
+                return Err(OpsError::Failed(e));
+            }
+        };
         self.print_report(&runbook, &report);
         Ok(match report.outcome {
             RunOutcome::Succeeded | RunOutcome::AlreadyDone { .. } => ExitStatus::Success,

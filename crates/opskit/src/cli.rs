@@ -9,8 +9,8 @@ use crate::commands::{archive, config, drill, generate, history, lab, nginx, sta
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
-/// Exit codes: 0 done, 1 failed (the alert webhook was called), 2 bad usage or config,
-/// 3 a precondition refused the run and nothing was changed.
+/// Exit codes: 0 done, 1 failed, 2 bad usage or config, 3 a precondition refused the run and
+/// nothing was changed. Runs (archive run, nginx apply) call the alert webhook on 1 and 3.
 #[derive(Debug, Parser)]
 #[command(
     name = "opskit",

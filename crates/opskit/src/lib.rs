@@ -1,5 +1,5 @@
 //! The `opskit` command line: argument definitions ([`cli`]) and one module per command
-//! ([`commands`]). Exit codes: 0 done, 1 failed (alert raised), 2 bad usage or config,
+//! ([`commands`]). Exit codes: 0 done, 1 failed (runs alert), 2 bad usage or config,
 //! 3 a precondition refused the run (nothing changed).
 
 #![warn(missing_docs)]

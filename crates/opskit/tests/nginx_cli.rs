@@ -203,6 +203,7 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
     let dir = lab.dir().parent().unwrap().to_path_buf();
     let rig: EdgeServer = lab.view().unwrap();
     let state = dir.as_path().join("state");
+    let receiver = opskit_lab::webhook::InProcessReceiver::start(&dir).unwrap();
     let apply = |nginx: &opskit_core::config::NginxConfig| {
         let mut config = Config {
             nginx: nginx.clone(),
@@ -210,7 +211,7 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         };
         config.general.state_dir = state.to_string_lossy().parse().unwrap();
         config.general.metrics_dir = state.join("metrics").to_string_lossy().parse().unwrap();
-        config.alert.webhook_url = None;
+        config.alert.webhook_url = Some(receiver.url().parse().unwrap());
         let cfg = config_file(dir.as_path(), &config.to_toml());
         let out = opskit(&cfg)
             .args([
@@ -261,6 +262,10 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
     assert_eq!(v["outcome"], "succeeded");
     let live = std::fs::read_to_string(rig.settings.config_path.path()).unwrap();
     assert!(live.contains("limit_req zone=api burst=1 nodelay;"));
+    assert!(
+        receiver.received().unwrap().is_empty(),
+        "a good deploy never alerts"
+    );
 
     let mut broken = good.clone();
     broken.user = "no-such-user-opskit".into();
@@ -275,6 +280,12 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
     assert_eq!(
         std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
         live
+    );
+    let alerts = receiver.received().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (&alerts[0]["runbook"], &alerts[0]["step"]),
+        (&"nginx".into(), &"test".into())
     );
 
     // status and history read both runs back from the journals.
