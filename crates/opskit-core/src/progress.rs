@@ -253,7 +253,7 @@ impl Progress {
             None => amount(self.done, self.unit),
         };
         if !self.show_rate {
-            return format!("{}: {done}", self.label);
+            return format!("{}: {done} in {secs:.1} s", self.label);
         }
         let rate_text = if self.unit == "bytes" {
             format!("{}/s", human_bytes(rate as u64))
@@ -329,7 +329,11 @@ mod tests {
         );
         let mut g = Progress::new("probe", Some(7), "groups", false).without_rate();
         g.inc(3);
-        assert_eq!(g.line(), "probe: 3/7 groups");
+        assert!(
+            g.line().starts_with("probe: 3/7 groups in 0."),
+            "{}",
+            g.line()
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 fn probe_options(settings: &NginxConfig) -> ProbeOptions {
     let mut o = ProbeOptions::from_settings(settings);
     o.bot_marker = Some(BOT_MARKER.into());
-    o.groups = vec![Group::Redirect, Group::Api];
+    // The API group alone: its first request follows the quick probe's /api/landing at once,
+    // so it must wait for the rate-limit zone to drain.
+    o.groups = vec![Group::Api];
     o
 }
 
@@ -99,6 +101,13 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
     );
     assert_eq!(live_config(&rig), deployed);
     still_serving(&rig);
+
+    // Back to the lab's own settings (burst 0): the full probe's first API request comes right
+    // after the quick probe's /api/landing, so it must wait for the zone to drain instead of
+    // taking that 429 for a fault.
+    let report = deploy(state.path(), &rig.settings);
+    assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:?}");
+    assert_eq!(live_config(&rig), original);
 }
 
 #[test]

@@ -328,6 +328,9 @@ pub fn run_reporting(
     progress: Progress,
 ) -> anyhow::Result<ProbeReport> {
     let mut probe = Probe::new(cfg, opts)?;
+    // The zone may be busy from just before (apply's quick probe, an operator's request from
+    // this address): the first request that counts against it waits until it has drained.
+    probe.mark_api_request();
     let _staged = if opts.stage_fixtures {
         Some(fixtures::Staged::write(cfg)?)
     } else {
