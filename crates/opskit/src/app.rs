@@ -178,3 +178,13 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(super::plural(1, "step"), "1 step");
+        assert_eq!(super::plural(0, "step"), "0 steps");
+        assert_eq!(super::plural(6, "step"), "6 steps");
+    }
+}

@@ -138,6 +138,32 @@ fn man_refs(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs opskit on a terminal (util-linux `script`), returning what the terminal showed.
+fn on_a_tty(args: &str, no_color: bool) -> String {
+    let bin = assert_cmd::cargo::cargo_bin("opskit");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &format!("{} {args}", bin.display()), "/dev/null"])
+        .env_remove("OPSKIT_CONFIG");
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let out = cmd.output().expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn verdicts_are_coloured_on_a_terminal_only_without_no_color() {
+    let args = "nginx check --file /nonexistent/nginx.conf";
+    let tty = on_a_tty(args, false);
+    assert!(tty.contains("\x1b[1;31mFAILED\x1b[0m"), "{tty:?}");
+    assert!(!on_a_tty(args, true).contains('\x1b'));
+    let piped = opskit().args(args.split(' ')).output().unwrap();
+    assert_eq!(piped.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&piped.stdout).contains('\x1b'));
+}
+
 #[test]
 fn unbuilt_subcommands_say_so_and_exit_2() {
     for cmd in ["firewall", "mysql"] {

@@ -166,7 +166,7 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
                 "--bot-marker",
                 BOT_MARKER,
                 "--group",
-                "tls,redirect,bot",
+                "tls,redirect,bot,api",
             ])
             .args(extra)
             .output()
@@ -177,6 +177,27 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
     assert_eq!(out.status.code(), Some(0), "{v:#}");
     assert_eq!(v["passed"], true);
     assert!(v["checks"].as_array().unwrap().len() >= 20);
+    // Details are for people: no Rust debug text, and a passing check reads as a pass.
+    for c in v["checks"].as_array().unwrap() {
+        let detail = c["detail"].as_str().unwrap();
+        for debug in ["Some(", "None", "{ "] {
+            assert!(!detail.contains(debug), "{}: {detail}", c["name"]);
+        }
+    }
+    let leak = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "api.no_php_version_leak")
+        .unwrap();
+    assert_eq!(leak["verdict"], "pass");
+    assert!(
+        leak["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("no X-Powered-By header"),
+        "{leak}"
+    );
     // The same server judged against a wrong expectation (the redirect on port 1) fails.
     let out = probe(&["--http-port", "1", "--timeout", "2"]);
     assert_eq!(out.status.code(), Some(1));
