@@ -180,7 +180,7 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
                 print_json(&report);
             } else {
                 for s in &report.sources {
-                    println!("{}: test.user_logs in {}: {}", s.component, s.uri, s.counts);
+                    crate::outln!("{}: test.user_logs in {}: {}", s.component, s.uri, s.counts);
                 }
             }
             Ok(ExitStatus::Success)
