@@ -107,6 +107,227 @@ pub struct RunState {
     pub attempts: usize,
 }
 
+/// How a run stands, as `opskit status` and `opskit history` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// Every step completed.
+    Succeeded,
+    /// A step failed after the point of no return (or an undo failed): resume it.
+    Failed,
+    /// A step failed and the completed steps were undone.
+    RolledBack,
+    /// A precondition refused it; nothing changed.
+    Refused,
+    /// The last invocation wrote no end: it is running now, or it was killed (resume it).
+    Unfinished,
+}
+
+impl From<Outcome> for RunResult {
+    fn from(o: Outcome) -> RunResult {
+        match o {
+            Outcome::Succeeded => RunResult::Succeeded,
+            Outcome::Failed => RunResult::Failed,
+            Outcome::RolledBack => RunResult::RolledBack,
+            Outcome::Refused => RunResult::Refused,
+        }
+    }
+}
+
+/// One run (one journal file), summed up from its journal: when its last invocation started
+/// and ended, how it ended, and the numbers its steps recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The runbook (the journal's directory).
+    pub runbook: String,
+    /// The run key (the journal's file name).
+    pub run_key: String,
+    /// The journal file.
+    pub journal: PathBuf,
+    /// When the last invocation started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the last invocation ended (`None`: unfinished).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How it stands.
+    pub result: RunResult,
+    /// Wall time of the last invocation, when it ended.
+    pub duration_secs: Option<f64>,
+    /// Invocations recorded (more than one: it was resumed or re-run).
+    pub attempts: usize,
+    /// The step that failed or refused in the last invocation.
+    pub failed_step: Option<String>,
+    /// Its error.
+    pub error: Option<String>,
+    /// The host the last invocation ran on.
+    pub host: Option<String>,
+    /// Numbers the completed steps recorded, as `step.key` (documents, bytes, checks).
+    pub figures: BTreeMap<String, f64>,
+}
+
+/// Reads one journal into a [`RunRecord`]; `runbook` and `run_key` come from its path.
+/// Unreadable lines are skipped (the record is for people; resuming uses
+/// [`Journal::read_state`], which is strict).
+pub fn read_run(path: &Path) -> anyhow::Result<RunRecord> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading journal {}", path.display()))?;
+    let name = |p: Option<&std::ffi::OsStr>| p.map(|s| s.to_string_lossy().into_owned());
+    let mut r = RunRecord {
+        runbook: name(path.parent().and_then(|d| d.file_name())).unwrap_or_default(),
+        run_key: name(path.file_stem()).unwrap_or_default(),
+        journal: path.to_path_buf(),
+        started_at: None,
+        finished_at: None,
+        result: RunResult::Unfinished,
+        duration_secs: None,
+        attempts: 0,
+        failed_step: None,
+        error: None,
+        host: None,
+        figures: BTreeMap::new(),
+    };
+    for entry in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Entry>(l).ok())
+    {
+        match entry.event {
+            Event::RunStarted { host, .. } => {
+                r.attempts += 1;
+                r.started_at = Some(entry.ts);
+                r.finished_at = None;
+                r.duration_secs = None;
+                r.result = RunResult::Unfinished;
+                r.failed_step = None;
+                r.error = None;
+                r.host = Some(host);
+            }
+            Event::StepDone { step, data } => {
+                for (k, v) in data {
+                    if let Some(n) = v.as_f64() {
+                        r.figures.insert(format!("{step}.{k}"), n);
+                    }
+                }
+            }
+            Event::StepFailed { step, error } | Event::UndoFailed { step, error } => {
+                r.failed_step = Some(step);
+                r.error = Some(error);
+            }
+            Event::StepStarted { .. } | Event::StepUndone { .. } => {}
+            Event::RunFinished { outcome } => {
+                r.result = outcome.into();
+                r.finished_at = Some(entry.ts);
+                r.duration_secs = r
+                    .started_at
+                    .map(|s| (entry.ts - s).num_milliseconds() as f64 / 1000.0);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Every run recorded under `<state_dir>/journal/` (only `runbook`'s when given), the most
+/// recently active first. A missing journal directory is no runs.
+pub fn list_runs(state_dir: &Path, runbook: Option<&str>) -> anyhow::Result<Vec<RunRecord>> {
+    let root = state_dir.join("journal");
+    let mut dirs = Vec::new();
+    match std::fs::read_dir(&root) {
+        Ok(entries) => {
+            for e in entries {
+                let e = e.with_context(|| format!("listing {}", root.display()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.path().is_dir() && runbook.is_none_or(|r| r == name) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+    }
+    let mut runs = Vec::new();
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "jsonl") {
+                runs.push(read_run(&path)?);
+            }
+        }
+    }
+    runs.sort_by_key(|r| std::cmp::Reverse(r.finished_at.or(r.started_at)));
+    Ok(runs)
+}
+
+/// A runbook lock (`<state_dir>/locks/<runbook>.lock`) and whether a process holds it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    /// The runbook.
+    pub runbook: String,
+    /// The lock file.
+    pub path: PathBuf,
+    /// True when a process holds it (a run is going on).
+    pub held: bool,
+    /// The pid the last holder wrote into it.
+    pub pid: Option<u32>,
+}
+
+/// The runbook locks under `<state_dir>/locks/`. Whether one is held is read from
+/// `/proc/locks`, never by trying to take it (that could refuse a run starting that moment).
+pub fn lock_states(state_dir: &Path) -> anyhow::Result<Vec<LockState>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = state_dir.join("locks");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let proc_locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut out = Vec::new();
+    for e in entries {
+        let path = e?.path();
+        let Some(runbook) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lock"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let meta = std::fs::metadata(&path)?;
+        // /proc/locks: `1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF`.
+        let held = proc_locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"FLOCK")
+                && f.get(5).and_then(|id| id.rsplit(':').next()) == Some(&meta.ino().to_string())
+                && f.get(5).is_some_and(|id| same_device(id, meta.dev()))
+        });
+        let pid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        out.push(LockState {
+            runbook,
+            path,
+            held,
+            pid,
+        });
+    }
+    out.sort_by(|a, b| a.runbook.cmp(&b.runbook));
+    Ok(out)
+}
+
+/// True when `/proc/locks`' `major:minor:inode` (hex device numbers) names device `dev`.
+fn same_device(id: &str, dev: u64) -> bool {
+    let mut parts = id.split(':');
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(major), Ok(minor)) = (
+        u64::from_str_radix(major, 16),
+        u64::from_str_radix(minor, 16),
+    ) else {
+        return false;
+    };
+    let (m, n) = (u64::from(libc::major(dev)), u64::from(libc::minor(dev)));
+    major == m && minor == n
+}
+
 /// An open journal file.
 pub struct Journal {
     path: PathBuf,

@@ -29,7 +29,7 @@ pub fn init(format: LogFormat, verbosity: i8) {
     let _ = match format {
         LogFormat::Human => builder
             .with_target(false)
-            .with_ansi(crate::progress::stderr_is_tty())
+            .with_ansi(crate::progress::stderr_is_tty() && !crate::progress::no_color())
             .try_init(),
         LogFormat::Json => builder
             .json()

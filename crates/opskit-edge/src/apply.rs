@@ -108,7 +108,9 @@ pub fn plan(deploy: &Deploy, now: DateTime<Utc>) -> Plan {
     plan.step(
         StepSpec::new("backup", "Back up the live config")
             .command(format!("cp -p {live} {backup}"))
-            .precondition("nginx is running (its pid file names a live process); curl is installed")
+            .precondition(
+                "the nginx binary answers `nginx -v`; nginx is running (its pid file names a live process); curl is installed",
+            )
             .verification("the backup has the live config's bytes"),
         Backup(d.clone()),
     );
@@ -137,6 +139,15 @@ pub fn plan(deploy: &Deploy, now: DateTime<Utc>) -> Plan {
                 proc::display(&d.reload_command()),
             ]),
         Reload(d.clone()),
+    );
+    plan.step(
+        StepSpec::new(
+            "quick-probe",
+            "Quick probe right after the reload: TLS + h2, home page, bot routing, 301, /api/landing",
+        )
+        .command(format!("{} --quick", probe_command(&d.probe)))
+        .verification("all five pass; otherwise the reload is undone within a second or two"),
+        QuickProbe(d.clone()),
     );
     plan.step(
         StepSpec::new("probe", "Probe the live server against spec §2")
@@ -174,8 +185,17 @@ fn probe_command(p: &ProbeOptions) -> String {
 
 fn master_pid(settings: &NginxConfig) -> anyhow::Result<i32> {
     let pid_file = settings.pid_file.path();
-    let text = std::fs::read_to_string(pid_file)
-        .with_context(|| format!("reading nginx's pid file {}", pid_file.display()))?;
+    let text = match std::fs::read_to_string(pid_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "nginx is not running: its pid file {} does not exist (start it with `systemctl start nginx`, or set nginx.pid_file)",
+            pid_file.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading nginx's pid file {}", pid_file.display()));
+        }
+    };
     let pid: i32 = text
         .trim()
         .parse()
@@ -183,11 +203,47 @@ fn master_pid(settings: &NginxConfig) -> anyhow::Result<i32> {
     // SAFETY: signal 0 only tests whether the process exists.
     if pid <= 1 || unsafe { libc::kill(pid, 0) } != 0 {
         bail!(
-            "nginx is not running: {} names pid {pid}, which does not exist",
+            "nginx is not running: {} names pid {pid}, which does not exist (start it with `systemctl start nginx`)",
             pid_file.display()
         );
     }
     Ok(pid)
+}
+
+/// What must hold before `apply` touches anything: nginx runs (its pid file names a live
+/// master) and curl, which the probes after the reload need, is installed. The first step's
+/// precondition and `apply --dry-run` both run it, so a dry run refuses (exit 3) exactly where
+/// the real apply would. `Err` is the reason.
+pub fn preflight(d: &Deploy) -> Result<(), String> {
+    check::installed_version(d.settings.nginx_binary.path()).map_err(|e| format!("{e:#}"))?;
+    master_pid(&d.settings).map_err(|e| format!("{e:#}"))?;
+    let curl = proc::run(
+        Command::new("curl").arg("--version"),
+        Duration::from_secs(5),
+    );
+    if !curl.as_ref().is_ok_and(|o| o.success()) {
+        return Err(
+            "curl is not installed: the probe after the reload needs it (dnf install curl)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `diff -u` of the live config and the one `apply` would write (the whole file as added
+/// when there is no live config yet); empty when they are the same.
+pub fn diff_against_live(d: &Deploy) -> anyhow::Result<String> {
+    let live = d.live();
+    let current = match std::fs::read_to_string(&live) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", live.display())),
+    };
+    Ok(crate::diff::unified(
+        &current,
+        &d.new_config,
+        &live.display().to_string(),
+        &format!("{} (rendered)", live.display()),
+    ))
 }
 
 /// The worker pids of an nginx master (from `/proc/<pid>/task/<pid>/children`).
@@ -252,18 +308,7 @@ struct Backup(Deploy);
 
 impl StepAction for Backup {
     fn precondition(&mut self, _cx: &mut StepContext) -> StepResult {
-        master_pid(&self.0.settings).map_err(|e| StepError::refused(format!("{e:#}")))?;
-        // Without curl the probe cannot run, and every deploy would be rolled back.
-        let curl = proc::run(
-            Command::new("curl").arg("--version"),
-            Duration::from_secs(5),
-        );
-        if !curl.as_ref().is_ok_and(|o| o.success()) {
-            return Err(StepError::refused(
-                "curl is not installed: the probe after the reload needs it (dnf install curl)",
-            ));
-        }
-        Ok(())
+        preflight(&self.0).map_err(StepError::refused)
     }
 
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
@@ -334,14 +379,14 @@ struct TestConfig(Deploy);
 impl StepAction for TestConfig {
     fn execute(&mut self, _cx: &mut StepContext) -> StepResult {
         let d = &self.0;
-        let report = check::test_config(
+        let mut report = check::test_config(
             d.settings.nginx_binary.path(),
             d.settings.nginx_prefix.as_ref().map(|p| p.path()),
             &d.live(),
         )?;
         if !report.ok {
-            let mut lines = report.errors.clone();
-            lines.extend(report.warnings.clone());
+            report.cite(&d.live(), &d.new_config, None);
+            let mut lines = report.problems();
             if lines.is_empty() {
                 lines.push(report.output.trim().to_string());
             }
@@ -371,29 +416,50 @@ impl StepAction for Reload {
     }
 }
 
+/// The failed checks of a probe as one error (`name: what was seen | …`).
+fn probe_failure(what: &str, report: &probe::ProbeReport) -> StepResult {
+    let details: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| c.verdict == probe::Verdict::Fail)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if details.is_empty() {
+        return Ok(());
+    }
+    let n = details.len();
+    Err(anyhow!(
+        "the {what} failed {n} check{}: {}",
+        if n == 1 { "" } else { "s" },
+        details.join(" | ")
+    )
+    .into())
+}
+
+struct QuickProbe(Deploy);
+
+impl StepAction for QuickProbe {
+    fn execute(&mut self, cx: &mut StepContext) -> StepResult {
+        let d = &self.0;
+        let report = probe::quick(&d.settings, &d.probe)?;
+        cx.record("quick_checks_failed", report.failed().len());
+        probe_failure("quick probe", &report)
+    }
+}
+
 struct Probe(Deploy);
 
 impl StepAction for Probe {
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
         let d = &self.0;
-        let report = probe::run(&d.settings, &d.probe)?;
-        let failed = report.failed();
-        cx.gauge("probe_checks_failed", failed.len() as f64);
+        let groups = d.probe.selected_groups().len() as u64;
+        let progress = cx.progress("probe", Some(groups), "groups");
+        let report = probe::run_reporting(&d.settings, &d.probe, progress)?;
+        let failed = report.failed().len();
+        cx.gauge("probe_checks_failed", failed as f64);
         cx.gauge("probe_checks_total", report.checks.len() as f64);
-        if !failed.is_empty() {
-            let details: Vec<String> = report
-                .checks
-                .iter()
-                .filter(|c| c.verdict == probe::Verdict::Fail)
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
-            return Err(anyhow!(
-                "the probe failed {} check(s): {}",
-                failed.len(),
-                details.join(" | ")
-            )
-            .into());
-        }
-        Ok(())
+        cx.record("probe_checks_total", report.checks.len());
+        cx.record("probe_checks_failed", failed);
+        probe_failure("probe", &report)
     }
 }

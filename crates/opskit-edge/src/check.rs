@@ -5,15 +5,28 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use opskit_core::proc;
 
 /// How long `nginx -t` may take (it resolves upstream names).
 pub const NGINX_TEST_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How a rendered config that was tested in a scratch prefix is named in messages (the
+/// scratch copy is deleted afterwards, so its path would lead nowhere).
+pub const RENDERED: &str = "rendered nginx.conf";
+
+/// A line of the tested config that one of nginx's messages points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CitedLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// The line as it is in the config.
+    pub text: String,
+}
+
 /// The result of testing one config with one nginx binary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckReport {
     /// The exact command that was run.
     pub command: String,
@@ -25,6 +38,75 @@ pub struct CheckReport {
     pub errors: Vec<String>,
     /// Everything nginx printed.
     pub output: String,
+    /// The config lines nginx's messages point at, in the order first cited.
+    #[serde(default)]
+    pub cited: Vec<CitedLine>,
+}
+
+impl CheckReport {
+    /// Everything nginx printed, each message that points at a line of the tested config
+    /// followed by that line (`    57 | http2 on;`).
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for l in self.output.lines() {
+            out.push_str(l);
+            out.push('\n');
+            for c in &self.cited {
+                if l.ends_with(&format!(":{}", c.line)) {
+                    out.push_str(&format!("    {} | {}\n", c.line, c.text.trim()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Points nginx's messages about `path` at `text` (the config as tested): records the
+    /// cited lines and, when `name` is given, calls the file `name` instead of `path`.
+    pub fn cite(&mut self, path: &Path, text: &str, name: Option<&str>) {
+        let path_s = path.display().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        for msg in self.output.lines() {
+            let Some(at) = msg.rfind(&format!("{path_s}:")) else {
+                continue;
+            };
+            let num = &msg[at + path_s.len() + 1..];
+            if let Ok(n) = num.trim().parse::<usize>()
+                && let Some(line) = lines.get(n.wrapping_sub(1))
+                && !self.cited.iter().any(|c| c.line == n)
+            {
+                self.cited.push(CitedLine {
+                    line: n,
+                    text: line.to_string(),
+                });
+            }
+        }
+        if let Some(name) = name {
+            let rename = |s: &str| s.replace(&path_s, name);
+            self.output = rename(&self.output);
+            self.command = rename(&self.command);
+            self.errors = self.errors.iter().map(|e| rename(e)).collect();
+            self.warnings = self.warnings.iter().map(|e| rename(e)).collect();
+        }
+    }
+
+    /// The errors and warnings as one line each, with the cited config line after each one
+    /// that points at it (for the `apply` step's error).
+    pub fn problems(&self) -> Vec<String> {
+        self.errors
+            .iter()
+            .chain(&self.warnings)
+            .map(|m| {
+                match self
+                    .cited
+                    .iter()
+                    .find(|c| m.ends_with(&format!(":{}", c.line)))
+                {
+                    Some(c) => format!("{m} → `{}`", c.text.trim()),
+                    None => m.clone(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The `nginx -t` command for a config file, with an optional prefix.
@@ -63,18 +145,24 @@ pub fn test_config(
         warnings,
         errors,
         output,
+        cited: Vec::new(),
     })
 }
 
 /// Writes `text` into a fresh scratch prefix (`<tmp>/conf/nginx.conf`, with `logs/`) and
-/// tests it with `nginx -t -p <scratch>`. The scratch directory is removed afterwards.
+/// tests it with `nginx -t -p <scratch>`. The scratch directory is removed afterwards, so the
+/// report calls the file [`RENDERED`] and quotes the lines nginx points at.
 pub fn check_rendered(nginx: &Path, text: &str) -> anyhow::Result<CheckReport> {
     let scratch = tempfile::Builder::new()
         .prefix("opskit-nginx-check-")
         .tempdir()
         .context("creating a scratch prefix for nginx -t")?;
     let conf = write_scratch(scratch.path(), text)?;
-    test_config(nginx, Some(scratch.path()), &conf)
+    let mut report = test_config(nginx, Some(scratch.path()), &conf)?;
+    report.cite(&conf, text, Some(RENDERED));
+    let prefix = scratch.path().display().to_string();
+    report.command = report.command.replace(&prefix, "<scratch prefix>");
+    Ok(report)
 }
 
 fn write_scratch(dir: &Path, text: &str) -> anyhow::Result<PathBuf> {

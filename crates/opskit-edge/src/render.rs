@@ -1,8 +1,8 @@
 //! Settings + target nginx version → one complete `nginx.conf` for spec §2. Pure.
 //!
-//! The structure follows `notes/nginx.md` §2.2 (Mozilla intermediate TLS, h5bp static
-//! optimisations, If-is-Evil-safe bot dispatch). Every open decision D1–D14 is a setting of
-//! [`NginxConfig`]; the version switches the rows of the notes' version matrix (§2.1).
+//! Mozilla intermediate TLS, h5bp's static-file optimisations, If-is-Evil-safe bot dispatch.
+//! Every open decision of the spec is a setting of [`NginxConfig`]; the target version picks
+//! the syntax (`http2`, session tickets, `ssl_reject_handshake`, `$limit_req_status`).
 
 use std::fmt::Write as _;
 
@@ -49,6 +49,7 @@ pub fn render_for(cfg: &NginxConfig, version: Version) -> String {
     redirect_server(&mut c, cfg);
     default_tls_server(&mut c, cfg, version);
     site_server(&mut c, cfg, version);
+    other_sites(&mut c, cfg);
     c.close();
     c.text
 }
@@ -149,7 +150,7 @@ fn http_performance(c: &mut Conf, cfg: &NginxConfig) {
     c.line("keepalive_requests 1000;");
     c.blank();
     c.line("# Descriptor and stat cache. Errors are not cached: a file created after a 404");
-    c.line("# is served at once (notes P17).");
+    c.line("# is served at once (errors cached here would keep it 404 for open_file_cache_valid).");
     c.line("open_file_cache max=1000 inactive=20s;");
     c.line(&format!(
         "open_file_cache_valid {}s;",
@@ -172,7 +173,7 @@ fn real_ip(c: &mut Conf, cfg: &NginxConfig) {
     if cfg.real_ip_from.is_empty() {
         return;
     }
-    c.line("# D13: client address from X-Forwarded-For, trusted only from these proxies.");
+    c.line("# real_ip_from: client address from X-Forwarded-For, trusted only from these proxies.");
     for cidr in &cfg.real_ip_from {
         c.line(&format!("set_real_ip_from {cidr};"));
     }
@@ -238,7 +239,7 @@ fn rate_zones(c: &mut Conf, cfg: &NginxConfig) {
 
 fn bot_upstream(c: &mut Conf, cfg: &NginxConfig) {
     if let Some(resolver) = &cfg.resolver {
-        c.line("# D5: bot upstream re-resolved at run time through a local resolver.");
+        c.line("# resolver: the bot upstream is re-resolved at run time through a local resolver.");
         let addr = match resolver {
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),
             std::net::IpAddr::V4(v4) => v4.to_string(),
@@ -253,7 +254,9 @@ fn bot_upstream(c: &mut Conf, cfg: &NginxConfig) {
     } else {
         cfg.bot_upstream_address.clone()
     };
-    c.line("# D5: resolved at start and reload (so /etc/hosts works); start fails if it does not resolve.");
+    c.line(
+        "# Resolved at start and reload (so /etc/hosts works); start fails if it does not resolve.",
+    );
     c.open(&format!("upstream {BOT_UPSTREAM_NAME}"));
     c.line(&format!("server {server};"));
     c.line("keepalive 16;");
@@ -391,6 +394,18 @@ fn site_server(c: &mut Conf, cfg: &NginxConfig, v: Version) {
     c.close();
 }
 
+fn other_sites(c: &mut Conf, cfg: &NginxConfig) {
+    if cfg.http_includes.is_empty() {
+        return;
+    }
+    c.blank();
+    c.line("# Other sites' server blocks (as Rocky's stock nginx.conf includes them). Their");
+    c.line("# `listen` must not say default_server on our ports: nginx -t then fails.");
+    for include in &cfg.http_includes {
+        c.line(&format!("include {include};"));
+    }
+}
+
 fn fallback_location(c: &mut Conf, cfg: &NginxConfig) {
     let first = if cfg.serve_existing_files {
         "$uri "
@@ -408,7 +423,7 @@ fn fallback_location(c: &mut Conf, cfg: &NginxConfig) {
     ));
     c.close();
     if cfg.serve_existing_files {
-        c.line("# D8: files are served from the root, so hide dotfiles and scripts there too.");
+        c.line("# serve_existing_files: files are served from the root, so hide dotfiles and scripts there too.");
         deny_hidden_and_scripts(c, "/");
     }
     c.blank();
@@ -437,7 +452,7 @@ fn static_location(c: &mut Conf, cfg: &NginxConfig) {
             dir.to_string().trim_end_matches('/')
         ));
     }
-    c.line("# add_header here drops the server's headers: repeat them (notes P10).");
+    c.line("# add_header here drops every add_header of the server (HSTS too): repeat them.");
     security_headers(c, cfg);
     c.line(&format!(
         "add_header Cache-Control \"public, max-age={}{immutable}\" always;",
@@ -461,7 +476,7 @@ fn fastcgi_lines(c: &mut Conf, cfg: &NginxConfig, script: &str, name: &str) {
 
 fn api_location(c: &mut Conf, cfg: &NginxConfig) {
     if cfg.api_namespace_strict {
-        c.line("# D12: anything under /api/ that is not a valid name is 404.");
+        c.line("# api_namespace_strict: anything under /api/ that is not a valid name is 404.");
         c.open("location /api/");
         c.line("return 404;");
         c.close();
@@ -470,7 +485,7 @@ fn api_location(c: &mut Conf, cfg: &NginxConfig) {
         "# R4 + R5: /api/{{name}} -> {}/{{name}}.php over php-fpm's unix socket, rate limited.",
         cfg.api_root
     ));
-    c.line("# \\z, not $: `$` also matches before a trailing newline (notes P8).");
+    c.line("# \\z, not $: `$` also matches before a trailing newline (/api/x%0A).");
     c.open("location ~ ^/api/(?<api_name>[A-Za-z0-9_-]+)\\z");
     c.line(&format!("limit_req zone=api{};", burst_args(cfg)));
     c.line("limit_req_status 429;");
@@ -482,7 +497,7 @@ fn api_location(c: &mut Conf, cfg: &NginxConfig) {
 }
 
 fn landing_location(c: &mut Conf, cfg: &NginxConfig) {
-    c.line("# D7: the fallback runs landing.php without touching the API rate limit.");
+    c.line("# landing_fallback = named: the fallback runs landing.php outside the API rate limit.");
     c.open("location @landing");
     fastcgi_lines(
         c,
@@ -585,6 +600,19 @@ mod tests {
         assert_eq!(bot_regex(&cfg), "~*google bot");
         cfg.bot_keyword_space_optional = true;
         assert_eq!(bot_regex(&cfg), "~*google ?bot");
+    }
+
+    #[test]
+    fn other_sites_are_included_at_the_end_of_http_unless_switched_off() {
+        let mut cfg = NginxConfig::default();
+        let text = render(&cfg);
+        assert!(
+            text.ends_with("    include /etc/nginx/conf.d/*.conf;\n}\n"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+        cfg.http_includes.clear();
+        assert!(!render(&cfg).contains("conf.d"));
     }
 
     #[test]

@@ -15,7 +15,9 @@ use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 fn probe_options(settings: &NginxConfig) -> ProbeOptions {
     let mut o = ProbeOptions::from_settings(settings);
     o.bot_marker = Some(BOT_MARKER.into());
-    o.groups = vec![Group::Redirect, Group::Api];
+    // The API group alone: its first request follows the quick probe's /api/landing at once,
+    // so it must wait for the rate-limit zone to drain.
+    o.groups = vec![Group::Api];
     o
 }
 
@@ -82,7 +84,8 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
     );
     still_serving(&rig);
 
-    // nginx -t passes but php-fpm's socket is wrong: the probe fails, file and reload undone.
+    // nginx -t passes but php-fpm's socket is wrong: the quick probe right after the reload
+    // fails (the full probe never starts), file and reload undone.
     let mut wrong_socket = good.clone();
     wrong_socket.php_fpm_socket = dir
         .join("run/nowhere.sock")
@@ -90,13 +93,21 @@ fn apply_deploys_then_rolls_back_a_bad_config_and_a_failed_probe() {
         .parse()
         .unwrap();
     let report = deploy(state.path(), &wrong_socket);
-    assert_rolled_back(&report.outcome, "probe", "api.landing_200");
+    assert_rolled_back(&report.outcome, "quick-probe", "quick.api_landing_200");
+    assert!(!report.executed.iter().any(|s| s == "probe"), "{report:?}");
     assert_eq!(
         report.undone,
         vec!["reload".to_string(), "write".to_string()]
     );
     assert_eq!(live_config(&rig), deployed);
     still_serving(&rig);
+
+    // Back to the lab's own settings (burst 0): the full probe's first API request comes right
+    // after the quick probe's /api/landing, so it must wait for the zone to drain instead of
+    // taking that 429 for a fault.
+    let report = deploy(state.path(), &rig.settings);
+    assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:?}");
+    assert_eq!(live_config(&rig), original);
 }
 
 #[test]

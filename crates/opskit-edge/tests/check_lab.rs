@@ -91,4 +91,64 @@ fn syntax_for_a_newer_nginx_fails_on_the_installed_one() {
         "{}",
         report.output
     );
+    // The scratch copy is gone: the message names the rendered config and quotes the line.
+    assert!(
+        !report.output.contains("opskit-nginx-check-"),
+        "{}",
+        report.output
+    );
+    assert!(
+        report.output.contains("in rendered nginx.conf:"),
+        "{}",
+        report.output
+    );
+    let cited = report.cited.first().expect("the offending line is quoted");
+    assert_eq!(
+        render::render(&s).lines().nth(cited.line - 1),
+        Some(cited.text.as_str())
+    );
+    assert!(cited.text.contains("http2 on;"), "{cited:?}");
+    assert!(
+        report
+            .render_text()
+            .contains(&format!("    {} | http2 on;", cited.line)),
+        "{}",
+        report.render_text()
+    );
+}
+
+#[test]
+fn other_sites_in_conf_d_keep_serving_and_a_clashing_default_server_fails_the_check() {
+    let (_lab, rig) = rig();
+    let conf_d = rig.layout.dir.join("edge/conf.d");
+    let port = rig.layout.https_port;
+    let pki = rig.layout.dir.join("pki");
+    let site = |extra: &str| {
+        format!(
+            "server {{\n    listen 127.0.0.1:{port} ssl{extra};\n    server_name other.test;\n    \
+             ssl_certificate {0}/ipo.com.crt;\n    ssl_certificate_key {0}/ipo.com.key;\n    \
+             location / {{ return 200 \"other site\\n\"; }}\n}}\n",
+            pki.display()
+        )
+    };
+    std::fs::write(conf_d.join("other.conf"), site("")).unwrap();
+    let text = render::render(&rig.settings);
+    let report = check::check_rendered(&nginx(), &text).unwrap();
+    assert!(report.ok, "{}", report.output);
+    rig.reload_with(&text).unwrap();
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sk", "--max-time", "5", "--resolve"])
+        .arg(format!("other.test:{port}:127.0.0.1"))
+        .arg(format!("https://other.test:{port}/"));
+    let out = opskit_core::proc::run(&mut curl, std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(out.stdout_text(), "other site\n", "{}", out.stderr_text());
+
+    std::fs::write(conf_d.join("other.conf"), site(" default_server")).unwrap();
+    let report = check::check_rendered(&nginx(), &text).unwrap();
+    assert!(!report.ok, "{}", report.output);
+    assert!(
+        report.output.contains("duplicate default server"),
+        "{}",
+        report.output
+    );
 }

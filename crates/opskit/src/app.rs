@@ -9,9 +9,19 @@ use opskit_core::engine::{self, EngineOptions, RunOutcome, RunReport};
 use opskit_core::logging::LogFormat;
 use opskit_core::metrics::{MetricsWriter, RunMetrics};
 use opskit_core::plan::Plan;
+use opskit_core::progress::Style;
 use opskit_core::{ExitStatus, OpsError};
 
 use crate::cli::{GlobalArgs, OutputFormat};
+
+/// `1 step`, `3 steps`: a count with its noun, never "1 steps".
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
 
 /// The loaded configuration and global options.
 pub struct App {
@@ -67,8 +77,8 @@ impl App {
     /// Prints a plan in the chosen output format (the dry run).
     pub fn print_plan(&self, plan: &Plan) {
         match self.output {
-            OutputFormat::Text => print!("{}", plan.render_text()),
-            OutputFormat::Json => println!(
+            OutputFormat::Text => crate::out!("{}", plan.render_text()),
+            OutputFormat::Json => crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&plan.describe()).expect("plans serialize")
             ),
@@ -92,6 +102,8 @@ impl App {
             progress: self.progress_enabled(),
         };
         let runbook = plan.runbook.clone();
+        // An engine that cannot work at all (state directory unwritable) has raised the alert
+        // itself (step `run`) before returning the error.
         let report = engine::run(plan, &opts).map_err(OpsError::Failed)?;
         self.print_report(&runbook, &report);
         Ok(match report.outcome {
@@ -113,21 +125,22 @@ impl App {
 
     fn print_report(&self, runbook: &str, r: &RunReport) {
         if self.output == OutputFormat::Json {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&r.summary(runbook)).expect("summaries serialize")
             );
             return;
         }
         match &r.outcome {
-            RunOutcome::Succeeded => println!(
-                "{runbook}: succeeded in {:.1}s ({} steps run, {} already done); journal {}",
+            RunOutcome::Succeeded => crate::outln!(
+                "{runbook}: {} in {:.1}s ({} run, {} already done); journal {}",
+                Style::for_stdout().pass("succeeded"),
                 r.duration_secs,
-                r.executed.len(),
+                plural(r.executed.len(), "step"),
                 r.skipped.len(),
                 r.journal.display()
             ),
-            RunOutcome::AlreadyDone { finished } => println!(
+            RunOutcome::AlreadyDone { finished } => crate::outln!(
                 "{runbook}: nothing to do: this run already succeeded{}; journal {}",
                 finished
                     .map(|t| format!(" at {}", t.to_rfc3339()))
@@ -144,13 +157,25 @@ impl App {
                 rolled_back,
             } => {
                 eprintln!("opskit: failed: {runbook} [{step}]: {error}");
-                if *rolled_back {
-                    eprintln!("the completed steps were undone: {:?}", r.undone);
+                if *rolled_back && r.undone.is_empty() {
+                    eprintln!("nothing had been changed, so nothing was undone");
+                } else if *rolled_back {
+                    eprintln!("undone, newest first: {}", r.undone.join(", "));
                 } else {
                     eprintln!("re-run the same command to resume from the journal");
                 }
                 eprintln!("journal {}", r.journal.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(super::plural(1, "step"), "1 step");
+        assert_eq!(super::plural(0, "step"), "0 steps");
+        assert_eq!(super::plural(6, "step"), "6 steps");
     }
 }

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{archive, config, drill, generate, lab, nginx};
+use crate::commands::{archive, config, drill, generate, history, lab, nginx, status};
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
-/// Exit codes: 0 done, 1 failed (the alert webhook was called), 2 bad usage or config,
-/// 3 a precondition refused the run and nothing was changed.
+/// Exit codes: 0 done, 1 failed, 2 bad usage or config, 3 a precondition refused the run and
+/// nothing was changed. Runs (archive run, nginx apply) call the alert webhook on 1 and 3.
 #[derive(Debug, Parser)]
 #[command(
     name = "opskit",
@@ -27,26 +27,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The help heading of the options every command takes, listed apart from its own.
+const GLOBAL: &str = "Global options";
+
 /// Options shared by every sub-command.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Config file [default: $OPSKIT_CONFIG, else /etc/opskit/opskit.toml, else built-in defaults].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
     /// State directory for journals and locks (overrides general.state_dir).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     pub state_dir: Option<PathBuf>,
     /// Log line format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human, help_heading = GLOBAL)]
     pub log_format: LogFormatArg,
     /// Result format on stdout.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text, help_heading = GLOBAL)]
     pub output: OutputFormat,
     /// More log detail (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only warnings and errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub quiet: bool,
 }
 
@@ -95,9 +98,9 @@ pub enum Command {
     Archive(archive::ArchiveArgs),
     /// The ipo.com nginx edge (spec §2): render, check, apply with rollback, probe.
     Nginx(nginx::NginxArgs),
-    /// The Docker iptables policy (spec §3): render, apply, persist, verify.
+    /// The Docker iptables policy (spec §3): not built yet in this version.
     Firewall(NotBuiltArgs),
-    /// MySQL switchover and "server has gone away" doctor (spec §4, §5).
+    /// MySQL switchover and "server has gone away" doctor (spec §4, §5): not built yet.
     Mysql(NotBuiltArgs),
     /// Real servers on this machine for rehearsal and tests: up, down, status.
     Lab(lab::LabArgs),
@@ -105,8 +108,11 @@ pub enum Command {
     Drill(drill::DrillArgs),
     /// Show or check the configuration.
     Config(config::ConfigArgs),
+    /// The last run of every runbook, the locks held, where journals, metrics and logs are.
+    Status(status::StatusArgs),
+    /// Past runs from the journals, newest first.
+    History(history::HistoryArgs),
     /// Shell completions and the man page, generated from these definitions.
-    #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }
 

@@ -14,13 +14,154 @@ fn help_lists_every_runbook() {
     let out = opskit().arg("--help").assert().success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     for cmd in [
-        "archive", "nginx", "firewall", "mysql", "lab", "drill", "config",
+        "archive", "nginx", "firewall", "mysql", "lab", "drill", "config", "generate", "status",
+        "history",
     ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
             "--help misses {cmd}:\n{text}"
         );
     }
+}
+
+#[test]
+fn global_options_are_listed_apart_and_unbuilt_commands_offer_no_verbs() {
+    let out = opskit()
+        .args(["nginx", "apply", "--help"])
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let (own, global) = text.split_once("Global options:").expect(&text);
+    assert!(
+        own.contains("--dry-run") && !own.contains("--config"),
+        "{text}"
+    );
+    for flag in [
+        "--config",
+        "--state-dir",
+        "--output",
+        "--log-format",
+        "--quiet",
+    ] {
+        assert!(
+            global.contains(flag),
+            "{flag} not under Global options:\n{text}"
+        );
+    }
+    let out = opskit().arg("--help").assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    for cmd in ["firewall", "mysql"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(cmd))
+            .unwrap();
+        assert!(
+            line.contains("not built yet") && !line.contains("render"),
+            "{line}"
+        );
+    }
+}
+
+/// Runs opskit with stdout a pipe whose reader is already gone.
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: a fresh pipe; both ends are owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("opskit"))
+        .env_remove("OPSKIT_CONFIG")
+        .args(args)
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_pipe_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_string_lossy().to_string();
+    for args in [
+        vec!["--help"],
+        vec!["nginx", "--help"],
+        vec!["generate", "man"],
+        vec!["generate", "completions", "bash"],
+        vec!["config", "show"],
+        vec!["nginx", "render"],
+        vec!["--state-dir", &state, "status"],
+        vec!["--state-dir", &state, "history"],
+    ] {
+        let out = with_closed_stdout(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn man_pages_name_only_pages_that_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    opskit()
+        .args(["generate", "man", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        pages.contains(&"opskit-nginx-apply.1".to_string()),
+        "{pages:?}"
+    );
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        for cited in man_refs(&text) {
+            assert!(
+                pages.contains(&cited),
+                "{page} names {cited}, which is not there"
+            );
+        }
+    }
+    let out = opskit().args(["generate", "man"]).assert().success();
+    let single = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(man_refs(&single).is_empty(), "{single}");
+    assert!(single.contains(".SH \"SEE ALSO\""), "{single}");
+}
+
+/// The `name(1)` references of a roff page, as file names (`name.1`).
+fn man_refs(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace())
+        .filter_map(|w| w.strip_suffix("(1)"))
+        .map(|name| format!("{}.1", name.replace("\\-", "-")))
+        .collect()
+}
+
+/// Runs opskit on a terminal (util-linux `script`), returning what the terminal showed.
+fn on_a_tty(args: &str, no_color: bool) -> String {
+    let bin = assert_cmd::cargo::cargo_bin("opskit");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &format!("{} {args}", bin.display()), "/dev/null"])
+        .env_remove("OPSKIT_CONFIG");
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let out = cmd.output().expect("script(1) from util-linux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn verdicts_are_coloured_on_a_terminal_only_without_no_color() {
+    let args = "nginx check --file /nonexistent/nginx.conf";
+    let tty = on_a_tty(args, false);
+    assert!(tty.contains("\x1b[1;31mFAILED\x1b[0m"), "{tty:?}");
+    assert!(!on_a_tty(args, true).contains('\x1b'));
+    let piped = opskit().args(args.split(' ')).output().unwrap();
+    assert_eq!(piped.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&piped.stdout).contains('\x1b'));
 }
 
 #[test]

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use opskit::commands::history::HistoryReport;
+use opskit::commands::status::StatusReport;
 use opskit_core::config::Config;
+use opskit_core::journal::RunResult;
 use opskit_core::metrics::sample_value;
 use opskit_lab::{BOT_MARKER, Component, EdgeServer, LabBuilder};
 
@@ -97,20 +100,37 @@ fn bad_settings_are_refused_with_exit_2() {
 }
 
 #[test]
-fn apply_dry_run_prints_the_deploy_plan() {
+fn apply_dry_run_prints_the_deploy_plan_and_refuses_like_the_real_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let out = opskit(&config_file(dir.path(), ""))
+    // Nothing runs nginx with this pid file: the real apply refuses, so the dry run does too.
+    let cfg = config_file(
+        dir.path(),
+        &format!(
+            "[nginx]\npid_file = \"{}\"\n",
+            dir.path().join("nginx.pid").display()
+        ),
+    );
+    let out = opskit(&cfg)
         .args(["--state-dir", &dir.path().to_string_lossy()])
         .args(["nginx", "apply", "--dry-run", "--nginx-version", "1.24"])
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("nginx is not running: its pid file")
+            && !stderr.contains("No such file or directory"),
+        "{stderr}"
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    for step in ["[backup]", "[write]", "[test]", "[reload]", "[probe]"] {
+    for step in [
+        "[backup]",
+        "[write]",
+        "[test]",
+        "[reload]",
+        "[quick-probe]",
+        "[probe]",
+    ] {
         assert!(text.contains(step), "{step} missing:\n{text}");
     }
     assert!(
@@ -151,7 +171,7 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
                 "--bot-marker",
                 BOT_MARKER,
                 "--group",
-                "tls,redirect,bot",
+                "tls,redirect,bot,api",
             ])
             .args(extra)
             .output()
@@ -173,6 +193,27 @@ fn probe_passes_against_the_lab_and_fails_on_a_wrong_expectation() {
         Some(0.0)
     );
     assert!(sample_value(&passed, "opskit_nginx_probe_checks_passed").unwrap() >= 20.0);
+    // Details are for people: no Rust debug text, and a passing check reads as a pass.
+    for c in v["checks"].as_array().unwrap() {
+        let detail = c["detail"].as_str().unwrap();
+        for debug in ["Some(", "None", "{ "] {
+            assert!(!detail.contains(debug), "{}: {detail}", c["name"]);
+        }
+    }
+    let leak = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "api.no_php_version_leak")
+        .unwrap();
+    assert_eq!(leak["verdict"], "pass");
+    assert!(
+        leak["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("no X-Powered-By header"),
+        "{leak}"
+    );
     // The same server judged against a wrong expectation (the redirect on port 1) fails.
     let out = probe(&["--http-port", "1", "--timeout", "2"]);
     assert_eq!(out.status.code(), Some(1));
@@ -214,6 +255,7 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
     let dir = lab.dir().parent().unwrap().to_path_buf();
     let rig: EdgeServer = lab.view().unwrap();
     let state = dir.as_path().join("state");
+    let receiver = opskit_lab::webhook::InProcessReceiver::start(&dir).unwrap();
     let apply = |nginx: &opskit_core::config::NginxConfig| {
         let mut config = Config {
             nginx: nginx.clone(),
@@ -221,7 +263,7 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         };
         config.general.state_dir = state.to_string_lossy().parse().unwrap();
         config.general.metrics_dir = state.join("metrics").to_string_lossy().parse().unwrap();
-        config.alert.webhook_url = None;
+        config.alert.webhook_url = Some(receiver.url().parse().unwrap());
         let cfg = config_file(dir.as_path(), &config.to_toml());
         let out = opskit(&cfg)
             .args([
@@ -241,11 +283,41 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
     };
     let mut good = rig.settings.clone();
     good.api_burst = 1;
+    let before = std::fs::read_to_string(rig.settings.config_path.path()).unwrap();
+    let dry = {
+        let mut config = Config {
+            nginx: good.clone(),
+            ..Config::default()
+        };
+        config.general.state_dir = state.to_string_lossy().parse().unwrap();
+        let cfg = config_file(dir.as_path(), &config.to_toml());
+        opskit(&cfg)
+            .args(["nginx", "apply", "--dry-run"])
+            .output()
+            .unwrap()
+    };
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "-            limit_req zone=api;\n+            limit_req zone=api burst=1 nodelay;\n"
+        ),
+        "the dry run shows the change as a unified diff:\n{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
+        before,
+        "a dry run writes nothing"
+    );
     let (code, v) = apply(&good);
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["outcome"], "succeeded");
     let live = std::fs::read_to_string(rig.settings.config_path.path()).unwrap();
     assert!(live.contains("limit_req zone=api burst=1 nodelay;"));
+    assert!(
+        receiver.received().unwrap().is_empty(),
+        "a good deploy never alerts"
+    );
 
     let mut broken = good.clone();
     broken.user = "no-such-user-opskit".into();
@@ -261,5 +333,44 @@ fn apply_succeeds_then_rolls_back_with_exit_1() {
         std::fs::read_to_string(rig.settings.config_path.path()).unwrap(),
         live
     );
+    let alerts = receiver.received().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (&alerts[0]["runbook"], &alerts[0]["step"]),
+        (&"nginx".into(), &"test".into())
+    );
+
+    // status and history read both runs back from the journals.
+    let cfg = dir.as_path().join("opskit.toml");
+    let out = opskit(&cfg)
+        .args(["--output", "json", "status"])
+        .output()
+        .unwrap();
+    let status: StatusReport = serde_json::from_slice(&out.stdout).unwrap();
+    let nginx = status
+        .runbooks
+        .iter()
+        .find(|r| r.runbook == "nginx")
+        .unwrap();
+    let last = nginx.last_run.as_ref().unwrap();
+    assert_eq!(last.result, RunResult::RolledBack);
+    assert_eq!(last.failed_step.as_deref(), Some("test"));
+    assert!(nginx.metrics_file.is_some(), "{nginx:?}");
+    assert!(!nginx.lock.as_ref().unwrap().held);
+    let out = opskit(&cfg).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("nginx     FAILED, rolled back in ") && text.contains("at [test]: "),
+        "{text}"
+    );
+    let out = opskit(&cfg)
+        .args(["--output", "json", "history", "nginx"])
+        .output()
+        .unwrap();
+    let history: HistoryReport = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<RunResult> = history.runs.iter().map(|r| r.result).collect();
+    assert_eq!(results, [RunResult::RolledBack, RunResult::Succeeded]);
+    assert!(history.runs[1].figures["probe.probe_checks_total"] >= 10.0);
+    assert_eq!(history.runs[1].figures["probe.probe_checks_failed"], 0.0);
     lab.down().unwrap();
 }

@@ -107,6 +107,10 @@ pub struct NginxConfig {
     pub fastcgi_params: AbsPath,
     /// Dynamic module snippets to include (globs); empty: none.
     pub modules_include: Vec<AbsPath>,
+    /// Files included at the end of the `http` block (globs): the other sites' `server`
+    /// blocks. Default `/etc/nginx/conf.d/*.conf`, as Rocky's stock `nginx.conf` has, so
+    /// replacing that file keeps them; empty: ipo.com only.
+    pub http_includes: Vec<AbsPath>,
     /// Directories that `web_root`, `api_root` and `static_root` must lie under.
     pub allowed_roots: Vec<AbsPath>,
     /// Where `apply` writes the rendered config (it replaces the whole `nginx.conf`).
@@ -178,6 +182,7 @@ impl Default for NginxConfig {
             mime_types: parse("/etc/nginx/mime.types"),
             fastcgi_params: parse("/etc/nginx/fastcgi_params"),
             modules_include: vec![parse("/usr/share/nginx/modules/*.conf")],
+            http_includes: vec![parse("/etc/nginx/conf.d/*.conf")],
             allowed_roots: vec![parse("/www")],
             config_path: parse("/etc/nginx/nginx.conf"),
             nginx_binary: parse("/usr/sbin/nginx"),

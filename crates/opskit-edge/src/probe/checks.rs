@@ -1,6 +1,6 @@
 //! The checks, one method per group (request → expected, `notes/nginx.md` §3).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opskit_core::config::nginx::LandingFallback;
 
@@ -9,15 +9,16 @@ use super::curl::{Alpn, Request, Response};
 use super::fixtures::{
     INDEX_MARKER, IndexStage, IndexState, PROBE_SCRIPT, PUBLIC_MARKER, STATIC_CSS, STATIC_JS,
 };
+use super::shown;
 
 /// A User-Agent that is not a bot.
-const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) opskit-probe";
+pub(super) const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) opskit-probe";
 /// The fastest pace the probe drives (one curl process per request).
-const MAX_PACED_RPS: f64 = 10.0;
+pub(super) const MAX_PACED_RPS: f64 = 10.0;
 /// Why a check did not run.
 const NEEDS_FIXTURES: &str = "opt-in: needs --stage-fixtures (writes probe files under the web and API roots, then removes them)";
 
-fn list(statuses: &[u16]) -> String {
+pub(super) fn list(statuses: &[u16]) -> String {
     statuses
         .iter()
         .map(|s| s.to_string())
@@ -26,7 +27,7 @@ fn list(statuses: &[u16]) -> String {
 }
 
 impl Probe<'_> {
-    fn expected_hsts(&self) -> String {
+    pub(super) fn expected_hsts(&self) -> String {
         let mut v = format!("max-age={}", self.cfg.hsts_max_age_secs);
         if self.cfg.hsts_include_subdomains {
             v.push_str("; includeSubDomains");
@@ -37,11 +38,11 @@ impl Probe<'_> {
         v
     }
 
-    fn has_hsts(&self, r: &Response) -> bool {
+    pub(super) fn has_hsts(&self, r: &Response) -> bool {
         r.header("strict-transport-security") == Some(self.expected_hsts().as_str())
     }
 
-    fn page(&self, path: &str) -> Request {
+    pub(super) fn page(&self, path: &str) -> Request {
         Request::get(self.origin.https(path)).user_agent(BROWSER_UA)
     }
 
@@ -78,17 +79,17 @@ impl Probe<'_> {
             "tls.hsts",
             hsts_ok,
             format!(
-                "Strict-Transport-Security expected `{}`, got {:?} (on a {} response)",
+                "Strict-Transport-Security expected `{}`, got {} (on a {} response)",
                 self.expected_hsts(),
-                r.header("strict-transport-security"),
+                shown(r.header("strict-transport-security")),
                 r.status
             ),
         );
-        let server = r.header("server").unwrap_or("").to_string();
+        let server = r.header("server").map(str::to_string);
         self.record(
             "tls.server_version_hidden",
-            !server.contains('/'),
-            format!("Server: {server:?} (no version expected)"),
+            !server.as_deref().unwrap_or("").contains('/'),
+            format!("Server: {} (no version expected)", shown(server.as_deref())),
         );
         Ok(())
     }
@@ -222,13 +223,16 @@ impl Probe<'_> {
         for (name, mut req) in cases {
             req.alpn = Alpn::Http11;
             let r = self.send(&req)?;
-            let loc = r.header("location").unwrap_or("").to_string();
+            let loc = r.header("location").map(str::to_string);
             self.record(
                 name,
-                r.status == 301 && loc == want,
+                r.status == 301 && loc.as_deref() == Some(want.as_str()),
                 format!(
-                    "{} {} → {} Location {loc:?} (expected 301 {want})",
-                    req.method, req.url, r.status
+                    "{} {} → {} Location {} (expected 301 {want})",
+                    req.method,
+                    req.url,
+                    r.status,
+                    shown(loc.as_deref())
                 ),
             );
         }
@@ -237,7 +241,7 @@ impl Probe<'_> {
 
     // ---- R3 ----
 
-    fn bot_ua(&self) -> String {
+    pub(super) fn bot_ua(&self) -> String {
         format!("Mozilla/5.0 (compatible; {}/2.1)", self.cfg.bot_keyword)
     }
 
@@ -263,7 +267,7 @@ impl Probe<'_> {
                 let routed = self.served_by_bot(&r, &normal);
                 all &= routed;
                 seen.push(format!(
-                    "{ua:?} {path} → {}{}",
+                    "`{ua}` {path} → {}{}",
                     r.status,
                     if routed { " bot" } else { " NOT bot" }
                 ));
@@ -291,7 +295,7 @@ impl Probe<'_> {
             let routed = self.served_by_bot(&r, normal);
             none &= !routed;
             seen.push(format!(
-                "{ua:?} → {}{}",
+                "`{ua}` → {}{}",
                 r.status,
                 if routed { " bot" } else { " site" }
             ));
@@ -347,7 +351,7 @@ impl Probe<'_> {
             "bot.upstream_host_sni_uri",
             ok,
             format!(
-                "upstream saw Host {host:?} SNI {sni:?} URI {uri:?} X-Forwarded-Proto {proto:?} (expected {want_host}, {}, /api/landing?q=1, https; HSTS kept)",
+                "upstream saw Host `{host}` SNI `{sni}` URI `{uri}` X-Forwarded-Proto `{proto}` (expected {want_host}, {}, /api/landing?q=1, https; HSTS kept)",
                 self.cfg.bot_upstream
             ),
         );
@@ -364,10 +368,17 @@ impl Probe<'_> {
             format!("GET /api/landing → {}", r.summary()),
         );
         let powered_by = r.header("x-powered-by").map(str::to_string);
+        let detail = match (&powered_by, r.status) {
+            (None, 200) => "no X-Powered-By header: PHP does not announce its version".to_string(),
+            (None, s) => format!("GET /api/landing → {s}, so the header could not be checked"),
+            (Some(v), _) => format!(
+                "X-Powered-By: `{v}` announces the PHP version (set php_admin_flag[expose_php] = off)"
+            ),
+        };
         self.record(
             "api.no_php_version_leak",
             r.status == 200 && powered_by.is_none(),
-            format!("X-Powered-By: {powered_by:?} (expected none: expose_php = off)"),
+            detail,
         );
         let r = self.send_api(&self.page("/api/opskit-no-such-name"))?;
         let from_nginx = r.body.contains("<center>nginx</center>");
@@ -458,194 +469,6 @@ impl Probe<'_> {
         Ok(())
     }
 
-    // ---- R5 ----
-
-    pub(super) fn rate_checks(&mut self) -> anyhow::Result<()> {
-        let burst = self.cfg.api_burst as usize;
-        let n = burst + 5;
-        self.api_idle();
-        let start = Instant::now();
-        let mut rs = Vec::new();
-        for _ in 0..n {
-            rs.push(self.send_api_now(&self.page("/api/landing"))?);
-        }
-        let t = start.elapsed().as_secs_f64();
-        let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
-        let accepted = statuses.iter().filter(|s| **s == 200).count();
-        let bound = self.bound(t);
-        // Exact on an idle host (200 x (burst+1), then 429s); a slow client may see a token
-        // refill in between, which the bound allows.
-        let ok = statuses[..=burst].iter().all(|s| *s == 200)
-            && statuses[burst + 1..].iter().all(|s| *s == 200 || *s == 429)
-            && statuses.contains(&429)
-            && accepted <= bound;
-        self.record(
-            "rate.excess_gets_429",
-            ok,
-            format!(
-                "{n} back-to-back in {t:.2} s → {} (expected {} x 200 then 429s; accepted {accepted} <= bound {bound})",
-                list(&statuses),
-                burst + 1
-            ),
-        );
-        let hsts = rs
-            .iter()
-            .filter(|r| r.status == 429)
-            .all(|r| self.has_hsts(r))
-            && statuses.contains(&429);
-        self.record(
-            "rate.429_keeps_hsts",
-            hsts,
-            "429 responses carry Strict-Transport-Security",
-        );
-        std::thread::sleep(Duration::from_millis(1000));
-        let r = self.send_api_now(&self.page("/api/landing"))?;
-        self.record(
-            "rate.recovers_after_1s",
-            r.status == 200,
-            format!("after 1 s idle → {}", r.status),
-        );
-        let rate = self.cfg.api_rate.per_second();
-        if rate * 2.0 > MAX_PACED_RPS {
-            for name in [
-                "rate.paced_below_rate_all_pass",
-                "rate.bound_at_twice_the_rate",
-            ] {
-                self.skip(
-                    name,
-                    format!("{rate} r/s is too fast to pace with one curl per request"),
-                );
-            }
-        } else {
-            self.paced("rate.paced_below_rate_all_pass", rate * 0.75, 6)?;
-            self.paced("rate.bound_at_twice_the_rate", rate * 2.0, 12)?;
-        }
-        self.parallel_streams()?;
-        self.per_client_address()?;
-        self.static_not_limited()?;
-        Ok(())
-    }
-
-    /// The most requests the limit may accept in `t` seconds: burst + 1 + ⌊rate·t⌋.
-    fn bound(&self, t: f64) -> usize {
-        self.cfg.api_burst as usize + 1 + (self.cfg.api_rate.per_second() * t).floor() as usize
-    }
-
-    /// Sends `count` requests at `rps` and checks accepted ≤ burst + 1 + ⌊rate·T⌋ (and, below
-    /// the rate, that all pass).
-    fn paced(&mut self, name: &str, rps: f64, count: usize) -> anyhow::Result<()> {
-        self.api_idle();
-        let interval = Duration::from_secs_f64(1.0 / rps);
-        let start = Instant::now();
-        let mut statuses = Vec::new();
-        for i in 0..count {
-            let due = start + interval * i as u32;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            statuses.push(self.send_api_now(&self.page("/api/landing"))?.status);
-        }
-        let t = start.elapsed().as_secs_f64();
-        let accepted = statuses.iter().filter(|s| **s == 200).count();
-        let rate = self.cfg.api_rate.per_second();
-        let bound = self.bound(t);
-        let below_rate = rps < rate;
-        let others_ok = statuses.iter().all(|s| *s == 200 || *s == 429);
-        let ok = others_ok
-            && if below_rate {
-                accepted == count
-            } else {
-                accepted <= bound && accepted < count
-            };
-        self.record(
-            name,
-            ok,
-            format!(
-                "{count} requests at {rps} r/s over {t:.2} s → {} accepted (bound {bound}{}); {}",
-                accepted,
-                if below_rate {
-                    ", all expected"
-                } else {
-                    ", some 429 expected"
-                },
-                list(&statuses)
-            ),
-        );
-        Ok(())
-    }
-
-    /// Parallel HTTP/2 streams on one connection are separate requests: burst + 1 pass.
-    fn parallel_streams(&mut self) -> anyhow::Result<()> {
-        let n = self.cfg.api_burst as usize + 4;
-        let urls: Vec<String> = (0..n)
-            .map(|i| self.origin.https(&format!("/api/landing?stream={i}")))
-            .collect();
-        self.api_idle();
-        let ua = format!("User-Agent: {BROWSER_UA}");
-        let results = self.client.send_parallel(&urls, &[ua]);
-        self.mark_api_request();
-        let results = results?;
-        let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
-        let connections: u32 = results.iter().map(|r| r.1).sum();
-        let accepted = statuses.iter().filter(|s| **s == 200).count();
-        let limited = statuses.iter().filter(|s| **s == 429).count();
-        self.record(
-            "rate.parallel_h2_streams",
-            statuses.len() == n && accepted == self.cfg.api_burst as usize + 1 && limited == n - accepted,
-            format!(
-                "{n} parallel streams over {connections} connection(s) → {} (expected {} x 200, the rest 429)",
-                list(&statuses),
-                self.cfg.api_burst + 1
-            ),
-        );
-        Ok(())
-    }
-
-    /// The budget is per client address: right after one address is limited, another one
-    /// still gets 200.
-    fn per_client_address(&mut self) -> anyhow::Result<()> {
-        let name = "rate.per_client_address";
-        let Some(second) = self.opts.second_source.clone() else {
-            self.skip(name, "opt-in: needs --second-source ADDR (a second local address that reaches the server)");
-            return Ok(());
-        };
-        self.api_idle();
-        let mut first = Vec::new();
-        for _ in 0..=(self.cfg.api_burst + 1) {
-            first.push(self.send_api_now(&self.page("/api/landing"))?.status);
-        }
-        let other =
-            self.send_api_now(&self.page("/api/landing").args(&["--interface", &second]))?;
-        self.record(
-            name,
-            first.last() == Some(&429) && other.status == 200,
-            format!(
-                "first address → {}; then from {second} → {}",
-                list(&first),
-                other.summary()
-            ),
-        );
-        Ok(())
-    }
-
-    fn static_not_limited(&mut self) -> anyhow::Result<()> {
-        let path = if self.opts.stage_fixtures {
-            format!("/static/{STATIC_CSS}")
-        } else {
-            "/static/opskit-missing.css".into()
-        };
-        let mut statuses = Vec::new();
-        for _ in 0..10 {
-            statuses.push(self.send(&self.page(&path))?.status);
-        }
-        self.record(
-            "rate.static_not_limited",
-            !statuses.contains(&429) && !statuses.contains(&503),
-            format!("10 rapid GET {path} → {}", list(&statuses)),
-        );
-        Ok(())
-    }
-
     // ---- R6 ----
 
     pub(super) fn static_checks(&mut self) -> anyhow::Result<()> {
@@ -676,12 +499,16 @@ impl Probe<'_> {
             "static.headers",
             ok,
             format!(
-                "{} Content-Type {:?} Cache-Control {:?} (expected {cc:?}) ETag {:?} HSTS {}",
+                "{} Content-Type {} Cache-Control {} (expected `{cc}`) ETag {} HSTS {}",
                 r.status,
-                r.header("content-type"),
-                r.header("cache-control"),
-                r.header("etag"),
-                self.has_hsts(&r)
+                shown(r.header("content-type")),
+                shown(r.header("cache-control")),
+                shown(r.header("etag")),
+                if self.has_hsts(&r) {
+                    "present"
+                } else {
+                    "missing"
+                }
             ),
         );
         self.static_compression(&css)?;
@@ -715,8 +542,8 @@ impl Probe<'_> {
             "static.gzip_static",
             r.header("content-encoding") == Some("gzip") && r.body_len == gz,
             format!(
-                "Content-Encoding {:?}, {} bytes (the .gz file has {gz})",
-                r.header("content-encoding"),
+                "Content-Encoding {}, {} bytes (the .gz file has {gz})",
+                shown(r.header("content-encoding")),
                 r.body_len
             ),
         );
@@ -729,9 +556,9 @@ impl Probe<'_> {
             "static.gzip_on_the_fly",
             r.status == 200 && r.header("content-encoding") == Some("gzip"),
             format!(
-                "{} Content-Encoding {:?}",
+                "{} Content-Encoding {}",
                 r.status,
-                r.header("content-encoding")
+                shown(r.header("content-encoding"))
             ),
         );
         Ok(())

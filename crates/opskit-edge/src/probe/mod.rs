@@ -8,6 +8,8 @@
 mod checks;
 pub mod curl;
 mod fixtures;
+mod quick;
+mod rate;
 
 pub use fixtures::{gzip_stored, static_text};
 
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use opskit_core::Classify as _;
 use opskit_core::config::NginxConfig;
+use opskit_core::progress::{Progress, Style};
 use serde::{Deserialize, Serialize};
 
 use curl::{Client, Request, Response};
@@ -96,9 +99,19 @@ pub struct ProbeOptions {
     /// A second local source address (curl `--interface`) for the per-client check: its
     /// requests must not share the first address's budget. Unset: that check is skipped.
     pub second_source: Option<String>,
+    /// Show which group runs (a bar on a TTY, a log line every 10 s otherwise).
+    pub progress: bool,
 }
 
 impl ProbeOptions {
+    /// The groups that run, in run order (all when none were chosen).
+    pub fn selected_groups(&self) -> Vec<Group> {
+        Group::ALL
+            .into_iter()
+            .filter(|g| self.groups.is_empty() || self.groups.contains(g))
+            .collect()
+    }
+
     /// Options from the `[nginx]` probe settings.
     pub fn from_settings(cfg: &NginxConfig) -> ProbeOptions {
         ProbeOptions {
@@ -111,6 +124,7 @@ impl ProbeOptions {
             groups: Vec::new(),
             timeout: Duration::from_secs(10),
             second_source: None,
+            progress: false,
         }
     }
 }
@@ -189,15 +203,21 @@ impl ProbeReport {
             .map(|c| c.verdict)
     }
 
-    /// The pass/fail table an operator reads.
+    /// The pass/fail table an operator reads (no colour).
     pub fn render_table(&self) -> String {
+        self.render_table_styled(Style::Plain)
+    }
+
+    /// The table with PASS green and FAIL red when `style` says colour (a TTY without
+    /// `NO_COLOR`; see [`Style::for_stdout`]).
+    pub fn render_table_styled(&self, style: Style) -> String {
         let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
         let mut out = format!("probe {}\n", self.url);
         for c in &self.checks {
             let v = match c.verdict {
-                Verdict::Pass => "PASS",
-                Verdict::Fail => "FAIL",
-                Verdict::Skip => "skip",
+                Verdict::Pass => style.pass("PASS"),
+                Verdict::Fail => style.fail("FAIL"),
+                Verdict::Skip => style.dim("skip"),
             };
             out.push_str(&format!("  {v}  {:<width$}  {}\n", c.name, c.detail));
         }
@@ -281,42 +301,90 @@ fn complete_pins(origin: &Origin, pins: &[String]) -> Vec<String> {
     out
 }
 
+/// A header value (or any optional text) for a check's detail: `` `value` `` or `none`.
+pub(crate) fn shown(v: Option<&str>) -> String {
+    match v {
+        Some(v) => format!("`{v}`"),
+        None => "none".into(),
+    }
+}
+
 /// Runs the checks and collects their results. `Err` only when the probe itself cannot run
 /// (no curl, bad URL, fixtures cannot be written); a misbehaving server is a failed check.
 pub fn run(cfg: &NginxConfig, opts: &ProbeOptions) -> anyhow::Result<ProbeReport> {
-    let origin = Origin::parse(&opts.url, opts.http_port).usage_error()?;
-    let scratch = tempfile::Builder::new()
-        .prefix("opskit-probe-")
-        .tempdir()
-        .context("creating the probe's scratch directory")?;
-    let client = Client {
-        resolve: complete_pins(&origin, &opts.resolve),
-        cacert: opts.cacert.clone(),
-        timeout: opts.timeout,
-        scratch: scratch.path().to_path_buf(),
-    };
-    let mut probe = Probe {
+    let groups = opts.selected_groups().len() as u64;
+    run_reporting(
         cfg,
         opts,
-        origin,
-        client,
-        results: Vec::new(),
-        last_api_request: None,
-    };
+        Progress::new("probe", Some(groups), "groups", opts.progress),
+    )
+}
+
+/// [`run`], reporting each group to `progress` (one unit per group of
+/// [`ProbeOptions::selected_groups`]).
+pub fn run_reporting(
+    cfg: &NginxConfig,
+    opts: &ProbeOptions,
+    progress: Progress,
+) -> anyhow::Result<ProbeReport> {
+    let mut probe = Probe::new(cfg, opts)?;
+    // The zone may be busy from just before (apply's quick probe, an operator's request from
+    // this address): the first request that counts against it waits until it has drained.
+    probe.mark_api_request();
     let _staged = if opts.stage_fixtures {
         Some(fixtures::Staged::write(cfg)?)
     } else {
         None
     };
-    for group in Group::ALL {
-        if opts.groups.is_empty() || opts.groups.contains(&group) {
-            probe.run_group(group)?;
-        }
+    let mut progress = progress.without_rate();
+    for group in opts.selected_groups() {
+        progress.set_message(&format!("probe: {} checks", group.name()));
+        probe.run_group(group)?;
+        progress.inc(1);
     }
+    progress.set_message("probe");
+    progress.finish();
     Ok(ProbeReport {
         url: opts.url.clone(),
         checks: probe.results,
     })
+}
+
+/// The quick probe (`quick.*`): TLS with h2, the home page, bot routing, the 301 and
+/// `/api/landing`, a handful of requests that show a broken site within a second. `apply`
+/// runs it right after the reload, before the full probe. Never writes fixtures.
+pub fn quick(cfg: &NginxConfig, opts: &ProbeOptions) -> anyhow::Result<ProbeReport> {
+    let mut probe = Probe::new(cfg, opts)?;
+    probe.quick_checks()?;
+    Ok(ProbeReport {
+        url: opts.url.clone(),
+        checks: probe.results,
+    })
+}
+
+impl<'a> Probe<'a> {
+    fn new(cfg: &'a NginxConfig, opts: &'a ProbeOptions) -> anyhow::Result<Probe<'a>> {
+        let origin = Origin::parse(&opts.url, opts.http_port).usage_error()?;
+        let scratch = tempfile::Builder::new()
+            .prefix("opskit-probe-")
+            .tempdir()
+            .context("creating the probe's scratch directory")?;
+        let client = Client {
+            resolve: complete_pins(&origin, &opts.resolve),
+            cacert: opts.cacert.clone(),
+            timeout: opts.timeout,
+            scratch: scratch.path().to_path_buf(),
+        };
+        Ok(Probe {
+            cfg,
+            opts,
+            origin,
+            client,
+            results: Vec::new(),
+            last_api_request: None,
+            _scratch: scratch,
+        })
+    }
 }
 
 /// The running probe: settings, client and the results so far.
@@ -327,6 +395,8 @@ pub(crate) struct Probe<'a> {
     pub client: Client,
     pub results: Vec<CheckResult>,
     last_api_request: Option<Instant>,
+    /// Holds the curl scratch directory for as long as the probe runs.
+    _scratch: tempfile::TempDir,
 }
 
 /// Least idle time before a request that counts against the API zone (notes P22).

@@ -36,10 +36,10 @@ pub fn run(args: ConfigArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError
             let app = App::load(global)?;
             match global.output {
                 OutputFormat::Text => {
-                    println!("# effective opskit configuration (source: {})", app.source);
-                    print!("{}", app.config.to_toml());
+                    crate::outln!("# effective opskit configuration (source: {})", app.source);
+                    crate::out!("{}", app.config.to_toml());
                 }
-                OutputFormat::Json => println!(
+                OutputFormat::Json => crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&app.config).expect("config serializes")
                 ),
@@ -54,7 +54,7 @@ pub fn run(args: ConfigArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError
                 }
                 None => App::load(global)?.source.to_string(),
             };
-            println!("{source}: OK");
+            crate::outln!("{source}: OK");
             Ok(ExitStatus::Success)
         }
     }

@@ -60,8 +60,8 @@ pub fn run(args: DrillArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError>
             .map_err(|e| OpsError::Failed(e.context("writing the drill report")))?;
     }
     match global.output {
-        OutputFormat::Text => print!("{}", report.render_text()),
-        OutputFormat::Json => println!(
+        OutputFormat::Text => crate::out!("{}", report.render_text()),
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("reports serialize")
         ),

@@ -109,12 +109,12 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
                         UpAction::Restarted => "restarted",
                         UpAction::AlreadyRunning => "already running",
                     };
-                    println!("{}: {what}", c.component);
+                    crate::outln!("{}: {what}", c.component);
                 }
                 for s in &report.state.servers {
-                    println!("  {}", describe(s));
+                    crate::outln!("  {}", describe(s));
                 }
-                println!(
+                crate::outln!(
                     "lab up in {}; rehearse with: opskit --config {} <command>",
                     report.dir.display(),
                     report.opskit_toml.display()
@@ -128,9 +128,9 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
                 print_json(&report);
             } else {
                 for s in &report.stopped {
-                    println!("{} (pid {}): {}", s.name, s.pid, s.outcome);
+                    crate::outln!("{} (pid {}): {}", s.name, s.pid, s.outcome);
                 }
-                println!(
+                crate::outln!(
                     "lab down in {}{}",
                     report.dir.display(),
                     if report.purged {
@@ -147,10 +147,10 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
             if json {
                 print_json(&report);
             } else if report.servers.is_empty() {
-                println!("no lab servers recorded in {}", report.dir.display());
+                crate::outln!("no lab servers recorded in {}", report.dir.display());
             } else {
                 for s in &report.servers {
-                    println!(
+                    crate::outln!(
                         "{}  {}",
                         describe(&s.record),
                         match (s.alive, s.answering) {
@@ -180,7 +180,7 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
                 print_json(&report);
             } else {
                 for s in &report.sources {
-                    println!("{}: test.user_logs in {}: {}", s.component, s.uri, s.counts);
+                    crate::outln!("{}: test.user_logs in {}: {}", s.component, s.uri, s.counts);
                 }
             }
             Ok(ExitStatus::Success)
@@ -216,7 +216,7 @@ fn describe(s: &opskit_lab::ServerRecord) -> String {
 }
 
 fn print_json(v: &impl serde::Serialize) {
-    println!(
+    crate::outln!(
         "{}",
         serde_json::to_string_pretty(v).expect("reports serialize")
     );

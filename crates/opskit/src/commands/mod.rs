@@ -4,8 +4,10 @@ pub mod archive;
 pub mod config;
 pub mod drill;
 pub mod generate;
+pub mod history;
 pub mod lab;
 pub mod nginx;
+pub mod status;
 
 use opskit_core::{ExitStatus, OpsError};
 
@@ -21,6 +23,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
         Command::Nginx(args) => nginx::run(args, &App::load(&cli.global)?),
         Command::Drill(args) => drill::run(args, &cli.global),
         Command::Generate(args) => generate::run(args),
+        Command::Status(args) => status::run(args, &App::load(&cli.global)?),
+        Command::History(args) => history::run(args, &App::load(&cli.global)?),
         Command::Firewall(_) => Err(not_built("firewall")),
         Command::Mysql(_) => Err(not_built("mysql")),
     }

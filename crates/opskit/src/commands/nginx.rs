@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use opskit_core::config::NginxConfig;
 use opskit_core::config::nginx::parse_nginx_version;
 use opskit_core::metrics::RunMetrics;
+use opskit_core::progress::Style;
 use opskit_core::{ExitStatus, OpsError};
 use opskit_edge::apply::{self, Deploy};
 use opskit_edge::probe::{self, Group, ProbeOptions, ProbeReport, Verdict};
@@ -111,6 +112,10 @@ pub struct ProbeArgs {
     /// What to probe.
     #[command(flatten)]
     pub target: ProbeTargetArgs,
+    /// Only the quick checks `apply` runs right after the reload (TLS + h2, home page, bot
+    /// routing, 301, /api/landing): under a second.
+    #[arg(long, conflicts_with_all = ["group", "stage_fixtures"])]
+    pub quick: bool,
 }
 
 /// Runs `opskit nginx`.
@@ -161,8 +166,8 @@ fn render_cmd(a: RenderArgs, settings: &NginxConfig, app: &App) -> Result<ExitSt
     let s = with_version(settings, a.nginx_version.as_deref(), false)?;
     let text = render::render(&s);
     match app.output {
-        OutputFormat::Text => print!("{text}"),
-        OutputFormat::Json => println!(
+        OutputFormat::Text => crate::out!("{text}"),
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::json!({ "nginx_version": s.nginx_version, "config": text })
         ),
@@ -180,19 +185,20 @@ fn check_cmd(a: CheckArgs, settings: &NginxConfig, app: &App) -> Result<ExitStat
         }
     }?;
     match app.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("reports serialize")
         ),
         OutputFormat::Text => {
-            println!("{}", report.command);
-            print!("{}", report.output);
-            println!(
+            crate::outln!("{}", report.command);
+            crate::out!("{}", report.render_text());
+            let style = Style::for_stdout();
+            crate::outln!(
                 "{}",
                 if report.ok {
-                    "OK: no errors, no warnings"
+                    style.pass("OK: no errors, no warnings")
                 } else {
-                    "FAILED"
+                    style.fail("FAILED")
                 }
             );
         }
@@ -241,16 +247,21 @@ fn probe_options(t: &ProbeTargetArgs, settings: &NginxConfig) -> Result<ProbeOpt
 }
 
 fn probe_cmd(a: ProbeArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
-    let opts = probe_options(&a.target, settings)?;
+    let mut opts = probe_options(&a.target, settings)?;
+    opts.progress = app.progress_enabled();
     let clock = Instant::now();
-    let report = probe::run(settings, &opts)?;
+    let report = if a.quick {
+        probe::quick(settings, &opts)?
+    } else {
+        probe::run(settings, &opts)?
+    };
     write_probe_metrics(app, &report, clock.elapsed());
     match app.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&report.printed()).expect("reports serialize")
         ),
-        OutputFormat::Text => print!("{}", report.render_table()),
+        OutputFormat::Text => crate::out!("{}", report.render_table_styled(Style::for_stdout())),
     }
     Ok(if report.passed() {
         ExitStatus::Success
@@ -281,9 +292,36 @@ fn write_probe_metrics(app: &App, report: &ProbeReport, took: Duration) {
 }
 
 fn apply_cmd(a: ApplyArgs, settings: &NginxConfig, app: &App) -> Result<ExitStatus, OpsError> {
-    let s = with_version(settings, a.nginx_version.as_deref(), true)?;
+    // Without a working nginx binary, render for the configured version: the preflight then
+    // refuses inside the engine, so the refusal is journaled and alerted like any other.
+    let s = match with_version(settings, a.nginx_version.as_deref(), true) {
+        Err(OpsError::Refused(_)) => with_version(settings, a.nginx_version.as_deref(), false)?,
+        other => other?,
+    };
     let opts = probe_options(&a.probe, &s)?;
     let now = apply::Utc::now();
     let deploy = Deploy::new(&s, render::render(&s), &app.state_dir(), opts, now);
-    app.run_plan(apply::plan(&deploy, now), a.dry_run)
+    let plan = apply::plan(&deploy, now);
+    if !a.dry_run {
+        return app.run_plan(plan, false);
+    }
+    app.print_plan(&plan);
+    if app.output == OutputFormat::Text {
+        let diff = apply::diff_against_live(&deploy)?;
+        if diff.is_empty() {
+            crate::outln!("\nno change: {} already holds this config", s.config_path);
+        } else {
+            crate::outln!("\nchanges to {}:\n{diff}", s.config_path);
+        }
+    }
+    // The same preflight the real apply runs first: a dry run refuses where it would.
+    match apply::preflight(&deploy) {
+        Ok(()) => Ok(ExitStatus::Success),
+        Err(reason) => {
+            eprintln!(
+                "opskit: refused: nginx [backup]: {reason}\nthe real apply would refuse too; nothing was changed"
+            );
+            Ok(ExitStatus::Refused)
+        }
+    }
 }

@@ -108,6 +108,7 @@ impl RigLayout {
         c.access_log = self.abs("edge/logs/access.log");
         c.temp_dir = Some(self.abs("edge/tmp"));
         c.modules_include = Vec::new();
+        c.http_includes = vec![self.abs("edge/conf.d/*.conf")];
         c.allowed_roots = vec![self.abs("www")];
         c.config_path = self.abs("edge/nginx.conf");
         c.nginx_prefix = Some(self.abs("edge"));
@@ -165,6 +166,7 @@ fn prepare_tree(l: &RigLayout) -> anyhow::Result<()> {
         "pki",
         "run",
         "edge/logs",
+        "edge/conf.d",
         "edge/tmp",
         "bot/logs",
         "bot/tmp",
