@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{archive, config, drill, generate, lab, nginx};
+use crate::commands::{archive, config, drill, firewall, generate, lab, nginx};
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
@@ -96,7 +96,7 @@ pub enum Command {
     /// The ipo.com nginx edge (spec §2): render, check, apply with rollback, probe.
     Nginx(nginx::NginxArgs),
     /// The Docker iptables policy (spec §3): render, apply, persist, verify.
-    Firewall(NotBuiltArgs),
+    Firewall(firewall::FirewallArgs),
     /// MySQL switchover and "server has gone away" doctor (spec §4, §5).
     Mysql(NotBuiltArgs),
     /// Real servers on this machine for rehearsal and tests: up, down, status.

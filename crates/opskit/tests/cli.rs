@@ -25,7 +25,7 @@ fn help_lists_every_runbook() {
 
 #[test]
 fn unbuilt_subcommands_say_so_and_exit_2() {
-    for cmd in ["firewall", "mysql"] {
+    for cmd in ["mysql"] {
         opskit()
             .args([cmd, "render"])
             .assert()

@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod config;
 pub mod drill;
+pub mod firewall;
 pub mod generate;
 pub mod lab;
 pub mod nginx;
@@ -21,7 +22,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
         Command::Nginx(args) => nginx::run(args, &App::load(&cli.global)?),
         Command::Drill(args) => drill::run(args, &cli.global),
         Command::Generate(args) => generate::run(args),
-        Command::Firewall(_) => Err(not_built("firewall")),
+        Command::Firewall(args) => firewall::run(args, &App::load(&cli.global)?),
         Command::Mysql(_) => Err(not_built("mysql")),
     }
 }
