@@ -165,3 +165,90 @@ impl Observation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iptables::BackendKind;
+
+    fn host(docker: Option<DockerReport>, filter: &str) -> Observation {
+        Observation {
+            backend: Ok(Backend {
+                version: "1.8.4".into(),
+                kind: BackendKind::NfTables,
+            }),
+            docker: Ok(docker),
+            live: Ok(SavedTable::parse(filter, "filter")),
+        }
+    }
+
+    const DOCKER: &str = "*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n\
+                          -A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-FORWARD\nCOMMIT\n";
+
+    fn docker(backend: &str, errors: &[&str]) -> Option<DockerReport> {
+        Some(DockerReport {
+            version: "29.1.0".into(),
+            backend: backend.into(),
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            warnings: vec!["publishes 3316/tcp on `all addresses`".into()],
+        })
+    }
+
+    #[test]
+    fn a_host_ready_for_the_policy_is_not_refused() {
+        assert_eq!(host(None, DOCKER).refusal(), None);
+        let o = host(docker("iptables", &[]), DOCKER);
+        assert_eq!(o.refusal(), None);
+        assert_eq!(o.warnings().len(), 1);
+    }
+
+    #[test]
+    fn every_blocking_problem_is_a_refusal_that_says_what_to_do() {
+        let cases = [
+            (
+                host(docker("nftables", &[]), DOCKER),
+                "nftables` firewall backend",
+            ),
+            (
+                host(
+                    docker("iptables", &["container `Docker_A` does not exist"]),
+                    DOCKER,
+                ),
+                "Docker_A` does not exist",
+            ),
+            (
+                host(None, "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"),
+                "DOCKER-USER chain does not exist",
+            ),
+            (
+                host(
+                    None,
+                    "*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\nCOMMIT\n",
+                ),
+                "FORWARD does not jump to DOCKER-USER",
+            ),
+            (
+                Observation {
+                    backend: Err("iptables-restore is legacy but iptables-save is nf_tables".into()),
+                    ..host(None, DOCKER)
+                },
+                "iptables cannot be used",
+            ),
+        ];
+        for (o, want) in cases {
+            let r = o.refusal().expect("refused");
+            assert!(r.contains(want), "{r}");
+        }
+    }
+
+    #[test]
+    fn a_jump_that_is_not_first_is_a_warning() {
+        let o = host(
+            None,
+            "*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j ACCEPT\n\
+             -A FORWARD -j DOCKER-USER\nCOMMIT\n",
+        );
+        assert_eq!(o.refusal(), None);
+        assert!(o.warnings()[0].contains("position 2"), "{:?}", o.warnings());
+    }
+}

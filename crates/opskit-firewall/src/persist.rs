@@ -137,6 +137,8 @@ impl Install {
              [Service]\n\
              Type=oneshot\n\
              ExecStart={}\n\
+             NoNewPrivileges=yes\n\
+             PrivateTmp=yes\n\
              \n\
              [Install]\n\
              # Runs after every start of Docker, and from {VERIFY_TIMER}.\n\
@@ -199,6 +201,25 @@ impl Install {
         cmd.args(args).args(units);
         Ok(cmd)
     }
+}
+
+/// The commands a unit runs when it starts, in order (`ExecStartPre=` lines, then
+/// `ExecStart=`), split into words as systemd does for the units persist writes (plain words,
+/// or single-quoted ones). This is how the drill and the tests run "exactly what the unit runs".
+pub fn exec_lines(unit: &str) -> Vec<Vec<String>> {
+    let words = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .map(|w| {
+                w.strip_prefix('\'')
+                    .and_then(|w| w.strip_suffix('\''))
+                    .unwrap_or(w)
+                    .to_string()
+            })
+            .collect()
+    };
+    let pre = unit.lines().filter_map(|l| l.strip_prefix("ExecStartPre="));
+    let main = unit.lines().filter_map(|l| l.strip_prefix("ExecStart="));
+    pre.chain(main).map(words).collect()
 }
 
 /// The units persist enables.
@@ -452,6 +473,50 @@ impl StepAction for Enable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn install() -> Install {
+        Install {
+            cfg: FirewallConfig::default(),
+            opskit: "/usr/local/bin/opskit".into(),
+            config_file: None,
+        }
+    }
+
+    #[test]
+    fn the_apply_unit_loads_the_rules_file_before_docker_and_follows_it() {
+        let unit = install().apply_unit().unwrap();
+        for line in [
+            "Before=docker.service",
+            "PartOf=docker.service",
+            "Type=oneshot",
+            "RemainAfterExit=yes",
+            "WantedBy=multi-user.target docker.service",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
+        }
+        assert_eq!(
+            exec_lines(&unit),
+            [
+                "/usr/sbin/iptables-restore -w 10 --test --noflush /etc/opskit/firewall.rules",
+                "/usr/sbin/iptables-restore -w 10 --noflush /etc/opskit/firewall.rules",
+            ]
+            .map(|l| l.split(' ').map(String::from).collect::<Vec<_>>())
+        );
+        let verify = install().verify_unit();
+        assert_eq!(
+            exec_lines(&verify),
+            [[
+                "/usr/local/bin/opskit",
+                "--log-format",
+                "json",
+                "firewall",
+                "verify"
+            ]
+            .map(String::from)
+            .to_vec()]
+        );
+        assert!(install().verify_timer().contains("OnUnitActiveSec=300\n"));
+    }
 
     #[test]
     fn the_unit_directory_names_the_target() {

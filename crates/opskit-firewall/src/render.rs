@@ -100,8 +100,9 @@ pub fn commands(
          # place. `opskit firewall apply` loads the same rules in one atomic iptables-restore.\n\
          set -e\n\
          \n\
-         # Start from empty chains: create {INBOUND_CHAIN} or empty it; Docker created {USER_CHAIN}.\n\
+         # Start from an empty {INBOUND_CHAIN} (opskit's own chain): create it, or empty it.\n\
          {ipt} -N {INBOUND_CHAIN} 2>/dev/null || {ipt} -F {INBOUND_CHAIN}\n\
+         # Start from an empty {USER_CHAIN} (Docker creates it and never touches its rules).\n\
          {ipt} -N {USER_CHAIN} 2>/dev/null || {ipt} -F {USER_CHAIN}"
     );
     for r in &ruleset.rules {
@@ -128,13 +129,14 @@ pub fn commands(
          # Docker starts, at every boot and with every start or restart of docker.service. Not\n\
          # iptables-services: its restore flushes Docker's chains. (`opskit firewall persist` does the\n\
          # same and adds a verify timer.)\n\
-         install -d -m 0755 {dir}\n\
+         install -d -m 0755 {dir} {units}\n\
          cat > {rules} <<'EOF'\n{}EOF\n\
          chmod 0600 {rules}\n\
          cat > {unit} <<'EOF'\n{}EOF",
         restore(ruleset),
         install.apply_unit()?,
         dir = shell_quote(&dir),
+        units = shell_quote(&cfg.systemd_dir.to_string()),
         rules = shell_quote(&rules_file),
         unit = shell_quote(&unit_path.display().to_string()),
     );

@@ -145,7 +145,10 @@ impl Ruleset {
                     names(&members)
                 )
             } else {
-                format!("{}'s own bridge {b}: nothing to judge", names(&members))
+                format!(
+                    "traffic inside {b} ({} alone) is left to Docker",
+                    names(&members)
+                )
             };
             push(
                 user,

@@ -548,7 +548,11 @@ mod tests {
     }
 
     /// A change to the default policy, the key it must be refused under, and part of the reason.
-    type Case = (Box<dyn FnOnce(&mut FirewallConfig)>, &'static str, &'static str);
+    type Case = (
+        Box<dyn FnOnce(&mut FirewallConfig)>,
+        &'static str,
+        &'static str,
+    );
 
     fn with(f: impl FnOnce(&mut FirewallConfig)) -> Result<(), Problem> {
         let mut c = FirewallConfig::default();

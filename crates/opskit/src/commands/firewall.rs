@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use opskit_core::config::ConfigSource;
 use opskit_core::config::FirewallConfig;
-use opskit_core::journal::Journal;
+use opskit_core::journal::{Journal, Outcome};
 use opskit_core::{ExitStatus, OpsError};
 use opskit_firewall::apply::{self, Job, RUNBOOK};
 use opskit_firewall::observe::Observation;
@@ -182,10 +182,39 @@ fn verify_cmd(a: VerifyArgs, cfg: &FirewallConfig, app: &App) -> Result<ExitStat
     let plan = verify::plan(&Job::new(cfg), &opts, chrono::Utc::now());
     let journal = Journal::path_for(&app.state_dir(), RUNBOOK, &plan.run_key);
     let status = app.run_plan(plan, false)?;
-    if status == ExitStatus::Success {
-        // Verify changes nothing, so a passing run leaves no journal behind (the timer runs
-        // it every few minutes); a failing run keeps its journal as evidence.
-        let _ = std::fs::remove_file(&journal);
-    }
+    prune_verify_journals(&journal);
     Ok(status)
+}
+
+/// The verify timer runs every few minutes and verify changes nothing, so older verify
+/// journals are pruned: passing ones go, the newest failing ones stay as evidence.
+fn prune_verify_journals(current: &std::path::Path) {
+    const KEEP_FAILED: usize = 50;
+    let Some(dir) = current.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut failed = Vec::new();
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.as_path() != current
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("firewall-verify-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    names.sort();
+    for p in names {
+        match Journal::read_state(&p) {
+            Ok(s) if s.last_outcome == Some(Outcome::Succeeded) => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => failed.push(p),
+        }
+    }
+    let excess = failed.len().saturating_sub(KEEP_FAILED);
+    for p in &failed[..excess] {
+        let _ = std::fs::remove_file(p);
+    }
 }
