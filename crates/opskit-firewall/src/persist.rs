@@ -443,7 +443,9 @@ impl StepAction for Enable {
         if self.0.target()? == Target::Live {
             self.run(&["daemon-reload"], &[])?;
             self.run(&["enable"], &UNITS)?;
-            self.run(&["start"], &[APPLY_UNIT, VERIFY_TIMER])?;
+            // restart, not start: an active oneshot would not load a changed rules file.
+            self.run(&["restart"], &[APPLY_UNIT])?;
+            self.run(&["start"], &[VERIFY_TIMER])?;
         } else {
             self.run(&["enable"], &UNITS)?;
         }

@@ -151,7 +151,9 @@ pub fn commands(
         _ => {
             let _ = writeln!(
                 out,
-                "systemctl daemon-reload\nsystemctl enable --now {APPLY_UNIT}"
+                "systemctl daemon-reload\nsystemctl enable {APPLY_UNIT}\n\
+                 # restart, not start: an active oneshot would not load a changed file\n\
+                 systemctl restart {APPLY_UNIT}"
             );
         }
     }

@@ -118,7 +118,7 @@ fn render_prints_the_commands_by_default_and_the_restore_input_on_request() {
     let commands = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(commands.starts_with("#!/bin/sh\n"));
     assert!(commands.contains("iptables -w -A DOCKER-USER -i br-c -o br-ab -j DROP"));
-    assert!(commands.contains("systemctl enable --now opskit-firewall.service"));
+    assert!(commands.contains("systemctl restart opskit-firewall.service\n"));
     let out = opskit(&cfg)
         .args([
             "firewall", "render", "--format", "restore", "--output", "json",

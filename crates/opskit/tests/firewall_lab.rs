@@ -480,3 +480,57 @@ fn lab_down_removes_every_namespace_even_after_the_holder_was_killed() {
     drop(dir);
     assert_eq!(fw.existing_namespaces(), Vec::<String>::new());
 }
+
+#[test]
+fn apply_and_verify_work_on_the_legacy_backend_too() {
+    let l = up(&[]);
+    let config = l.lab.opskit_toml().to_path_buf();
+    // A legacy (x_tables) ruleset beside Docker's nf_tables one, as when Docker drives
+    // iptables-legacy: DOCKER-USER and FORWARD's jump to it in the legacy tables. Packets pass
+    // both rulesets, so the matrix judges the legacy policy together with Docker's rules.
+    let legacy_base =
+        "*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\nCOMMIT\n";
+    l.fw.run_in_host(
+        &["/usr/sbin/iptables-legacy-restore", "-w", "10"],
+        Some(legacy_base),
+    )
+    .unwrap()
+    .checked()
+    .unwrap();
+    let legacy = l.lab.dir().join("legacy.toml");
+    std::fs::write(
+        &legacy,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(
+                "/usr/sbin/iptables-restore",
+                "/usr/sbin/iptables-legacy-restore",
+            )
+            .replace("/usr/sbin/iptables-save", "/usr/sbin/iptables-legacy-save"),
+    )
+    .unwrap();
+    let nft_before = l.fw.save_all().unwrap();
+    opskit(&legacy)
+        .args(["firewall", "verify"])
+        .assert()
+        .code(1);
+    opskit(&legacy).args(["firewall", "apply"]).assert().code(0);
+    opskit(&legacy).args(["firewall", "apply"]).assert().code(0);
+    opskit(&legacy)
+        .args(["firewall", "verify"])
+        .assert()
+        .code(0);
+    assert_eq!(
+        l.fw.save_all().unwrap(),
+        nft_before,
+        "the nf_tables rules were touched"
+    );
+    l.assert_matrix(&legacy, "with the policy in the legacy tables");
+    // Unlike nf_tables, legacy --test does catch a jump to a missing chain.
+    let cfg = l.policy(&legacy);
+    let ipt = opskit_firewall::iptables::Iptables::from_config(&cfg);
+    let bad = Ruleset::compile(&cfg)
+        .restore_text(false)
+        .replace("COMMIT\n", "-A DOCKER-USER -j OPSKIT-MISSING\nCOMMIT\n");
+    assert!(ipt.test(&bad).is_err());
+}

@@ -116,4 +116,6 @@ ExecStart=/usr/sbin/iptables-restore -w 10 --noflush /etc/opskit/firewall.rules
 WantedBy=multi-user.target docker.service
 EOF
 systemctl daemon-reload
-systemctl enable --now opskit-firewall.service
+systemctl enable opskit-firewall.service
+# restart, not start: an active oneshot would not load a changed file
+systemctl restart opskit-firewall.service
