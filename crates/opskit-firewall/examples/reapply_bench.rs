@@ -121,11 +121,8 @@ fn main() {
             .expect("usage: reapply_bench <opskit binary> [REAPPLIES]"),
     );
     let reapplies: usize = args.get(2).map_or(100, |n| n.parse().unwrap());
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-fw-bench")
-        .tempdir()
-        .unwrap();
-    let lab = LabBuilder::new(dir.path().join("lab"))
+    let lab = LabBuilder::temporary("opskit-fw-bench")
+        .unwrap()
         .with(Component::Firewall)
         .opskit_exe(std::path::absolute(&opskit).unwrap())
         .up()
@@ -200,7 +197,7 @@ fn main() {
         stats(times)
     );
 
-    let script = dir.path().join("commands.sh");
+    let script = lab.dir().join("commands.sh");
     let out = proc::run(
         Command::new(&opskit)
             .arg("--config")

@@ -19,19 +19,14 @@ use opskit_lab::{Component, FirewallLab, Lab, LabBuilder};
 
 const PROBE: Duration = Duration::from_millis(700);
 
-/// Fields drop in order: the lab (its namespaces) goes before its directory.
 struct FwLab {
     lab: Lab,
     fw: FirewallLab,
-    _dir: tempfile::TempDir,
 }
 
 fn up(extra: &[Component]) -> FwLab {
-    let dir = tempfile::Builder::new()
-        .prefix("opskit-fw-test")
-        .tempdir()
-        .unwrap();
-    let mut b = LabBuilder::new(dir.path().join("lab"))
+    let mut b = LabBuilder::temporary("opskit-fw-test")
+        .unwrap()
         .with(Component::Firewall)
         .opskit_exe(assert_cmd::cargo::cargo_bin("opskit"));
     for c in extra {
@@ -39,7 +34,7 @@ fn up(extra: &[Component]) -> FwLab {
     }
     let lab = b.up().unwrap();
     let fw: FirewallLab = lab.view().unwrap();
-    FwLab { lab, fw, _dir: dir }
+    FwLab { lab, fw }
 }
 
 impl FwLab {
@@ -475,9 +470,8 @@ fn lab_down_removes_every_namespace_even_after_the_holder_was_killed() {
     for n in &names {
         assert!(listed.contains(n.as_str()), "{n} not in {listed}");
     }
-    let FwLab { lab, fw, _dir: dir } = l;
+    let FwLab { lab, fw } = l;
     lab.down().unwrap();
-    drop(dir);
     assert_eq!(fw.existing_namespaces(), Vec::<String>::new());
 }
 
