@@ -75,6 +75,8 @@ sections! {
     Archive("archive") => archive::ArchiveDrill,
     /// Spec §2: the nginx edge, checked and probed live.
     Nginx("nginx") => nginx::NginxDrill,
+    /// Spec §3: the Docker firewall on the lab's namespace host, checked by probes from inside.
+    Firewall("firewall") => firewall::FirewallDrill,
 }
 
 impl std::str::FromStr for SectionId {
@@ -189,7 +191,7 @@ mod tests {
     fn sections_are_named_and_selected_in_run_order() {
         assert_eq!(
             SectionId::ALL.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            ["archive", "nginx"]
+            ["archive", "nginx", "firewall"]
         );
         let opts = DrillOptions {
             lab_dir: "/tmp/x".into(),
@@ -202,7 +204,7 @@ mod tests {
             "mysql"
                 .parse::<SectionId>()
                 .unwrap_err()
-                .contains("archive, nginx")
+                .contains("archive, nginx, firewall")
         );
     }
 }

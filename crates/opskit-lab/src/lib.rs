@@ -55,6 +55,7 @@ pub mod state;
 pub mod webhook;
 
 pub use components::Component;
+pub use components::firewall::FirewallLab;
 pub use components::mariadb::{MariadbInstance, MariadbServer};
 pub use components::mongodb::MongodbServer;
 pub use components::nginx::EdgeServer;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{archive, config, drill, generate, history, lab, nginx, status};
+use crate::commands::{archive, config, drill, firewall, generate, history, lab, nginx, status};
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
@@ -98,8 +98,8 @@ pub enum Command {
     Archive(archive::ArchiveArgs),
     /// The ipo.com nginx edge (spec §2): render, check, apply with rollback, probe.
     Nginx(nginx::NginxArgs),
-    /// The Docker iptables policy (spec §3): not built yet in this version.
-    Firewall(NotBuiltArgs),
+    /// The Docker iptables policy (spec §3): render, apply, persist, verify.
+    Firewall(firewall::FirewallArgs),
     /// MySQL switchover and "server has gone away" doctor (spec §4, §5): not built yet.
     Mysql(NotBuiltArgs),
     /// Real servers on this machine for rehearsal and tests: up, down, status.

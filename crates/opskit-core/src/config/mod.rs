@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use alert::AlertConfig;
 pub use archive::{ArchiveConfig, PurgeConfig, SftpConfig};
-pub use firewall::{ContainerConfig, FirewallConfig};
+pub use firewall::{ContainerConfig, FirewallConfig, Ipv4Range, Reading};
 pub use general::GeneralConfig;
 pub use mysql::{MysqlConfig, MysqlServer};
 pub use nginx::NginxConfig;
@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(c.nginx.domain.as_str(), "ipo.com");
         assert_eq!(c.nginx.bot_keyword, "Google Bot");
         assert_eq!(c.nginx.api_rate.per_second(), 1.5);
-        assert_eq!(c.firewall.lan_range, "192.168.1.1-192.168.1.30");
+        assert_eq!(c.firewall.lan_range.to_string(), "192.168.1.1-192.168.1.30");
         assert_eq!(c.mysql.write_dns_name.as_str(), "mysql-master.ipo.com");
         assert_eq!(c.mysql.promote.as_str(), "Slave_01");
         c.check().unwrap();

@@ -118,6 +118,8 @@ registry! {
     Webhook("webhook") => webhook::Webhook,
     /// The ipo.com edge (spec §2): nginx with the rendered config, php-fpm, a bot upstream.
     Nginx("nginx") => nginx::Nginx,
+    /// A Docker host in network namespaces, with Docker's rules and the containers' listeners (spec §3; root).
+    Firewall("firewall") => firewall::Firewall,
 }
 
 impl std::str::FromStr for Component {

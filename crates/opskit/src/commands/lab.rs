@@ -78,6 +78,17 @@ pub enum LabAction {
         #[arg(long)]
         port: u16,
     },
+    /// Create the firewall component's network namespaces and Docker-like rules, hold them,
+    /// and delete every one of them on SIGTERM (started by `lab up`).
+    #[command(hide = true)]
+    NetnsHolder {
+        /// The lab directory.
+        #[command(flatten)]
+        dir: LabDir,
+        /// The lab's namespace name prefix.
+        #[arg(long)]
+        prefix: String,
+    },
 }
 
 /// Accepts the registered component names (and lists them in `--help`).
@@ -193,6 +204,17 @@ pub fn run(args: LabArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError> {
                 .map_err(|e| OpsError::Usage(format!("--dir {}: {e}", dir.dir.display())))?
                 .join(opskit_lab::webhook::RECEIVED_FILE);
             opskit_lab::webhook::serve(listener, out)?;
+            Ok(ExitStatus::Success)
+        }
+        LabAction::NetnsHolder { dir, prefix } => {
+            if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(OpsError::Usage(format!(
+                    "--prefix `{prefix}` must be letters and digits"
+                )));
+            }
+            let dir = std::path::absolute(&dir.dir)
+                .map_err(|e| OpsError::Usage(format!("--dir {}: {e}", dir.dir.display())))?;
+            opskit_lab::components::firewall::hold(&dir, &prefix)?;
             Ok(ExitStatus::Success)
         }
     }

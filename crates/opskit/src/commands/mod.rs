@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod config;
 pub mod drill;
+pub mod firewall;
 pub mod generate;
 pub mod history;
 pub mod lab;
@@ -25,7 +26,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
         Command::Generate(args) => generate::run(args),
         Command::Status(args) => status::run(args, &App::load(&cli.global)?),
         Command::History(args) => history::run(args, &App::load(&cli.global)?),
-        Command::Firewall(_) => Err(not_built("firewall")),
+        Command::Firewall(args) => firewall::run(args, &App::load(&cli.global)?),
         Command::Mysql(_) => Err(not_built("mysql")),
     }
 }
