@@ -120,7 +120,11 @@ pub fn render_gauges(gauges: &[LabelledGauge]) -> String {
                 .iter()
                 .map(|(k, v)| format!("{}=\"{}\"", metric_name(k), escape_label(v)))
                 .collect();
-            let _ = writeln!(out, "{name_ok}{{{}}} {}", labels.join(","), g.value);
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name_ok} {}", g.value);
+            } else {
+                let _ = writeln!(out, "{name_ok}{{{}}} {}", labels.join(","), g.value);
+            }
         }
     }
     out

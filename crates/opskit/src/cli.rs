@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{archive, config, drill, generate, lab, nginx};
+use crate::commands::{archive, config, drill, generate, lab, mysql, nginx};
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
@@ -97,8 +97,8 @@ pub enum Command {
     Nginx(nginx::NginxArgs),
     /// The Docker iptables policy (spec §3): render, apply, persist, verify.
     Firewall(NotBuiltArgs),
-    /// MySQL switchover and "server has gone away" doctor (spec §4, §5).
-    Mysql(NotBuiltArgs),
+    /// MySQL topology and planned master switchover (spec §4).
+    Mysql(mysql::MysqlArgs),
     /// Real servers on this machine for rehearsal and tests: up, down, status.
     Lab(lab::LabArgs),
     /// Every runbook against the lab, one report.

@@ -118,6 +118,12 @@ registry! {
     Webhook("webhook") => webhook::Webhook,
     /// The ipo.com edge (spec §2): nginx with the rendered config, php-fpm, a bot upstream.
     Nginx("nginx") => nginx::Nginx,
+    /// Five MariaDB servers in the replication topology of spec §4 (GTID, own addresses).
+    Mysql("mysql") => mysql::Mysql,
+    /// HAProxy in front of the replicas (`mysql-slave.ipo.com`) with a runtime API socket.
+    Haproxy("haproxy") => haproxy::Haproxy,
+    /// BIND serving `ipo.com` with a TSIG key that may move `mysql-master.ipo.com`.
+    Bind("bind") => bind::Bind,
 }
 
 impl std::str::FromStr for Component {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod drill;
 pub mod generate;
 pub mod lab;
+pub mod mysql;
 pub mod nginx;
 
 use opskit_core::{ExitStatus, OpsError};
@@ -22,7 +23,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
         Command::Drill(args) => drill::run(args, &cli.global),
         Command::Generate(args) => generate::run(args),
         Command::Firewall(_) => Err(not_built("firewall")),
-        Command::Mysql(_) => Err(not_built("mysql")),
+        Command::Mysql(args) => mysql::run(args, &App::load(&cli.global)?),
     }
 }
 
