@@ -386,8 +386,13 @@ pub fn errant_against(
     match kind.flavor {
         Flavor::Mariadb => {
             let mine = replica.binlog_state.as_deref().unwrap_or("");
-            let theirs = source.binlog_state.as_deref().unwrap_or("");
-            Ok(gtid::errant(mine, theirs)
+            // Read the source now, after the replica: under writes a source read earlier
+            // would lack what the replica has received since and look "errant".
+            let theirs = cluster
+                .session(&source.name)?
+                .value("SELECT @@GLOBAL.gtid_binlog_state")?
+                .unwrap_or_default();
+            Ok(gtid::errant(mine, &theirs)
                 .map_err(|e| anyhow!(e))?
                 .into_iter()
                 .map(|g| g.to_string())

@@ -214,8 +214,9 @@ fn set_up_topology(servers: &[MariadbServer], dir: &Path, port: u16) -> Result<(
              CREATE USER '{APP_USER}'@'127.%' IDENTIFIED BY '{app}';
              CREATE DATABASE {APP_SCHEMA};
              GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP ON {APP_SCHEMA}.* TO '{APP_USER}'@'127.%';
-             CREATE TABLE {APP_SCHEMA}.writes (seq BIGINT PRIMARY KEY, writer VARCHAR(32) NOT NULL,
-               server_id INT NOT NULL, ts TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB;"
+             CREATE TABLE {APP_SCHEMA}.writes (writer VARCHAR(32) NOT NULL, seq BIGINT NOT NULL,
+               server_id INT NOT NULL, ts TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+               PRIMARY KEY (writer, seq)) ENGINE=InnoDB;"
         ))
         .context("creating the accounts and schema on Master")?;
     for (i, (name, _, source)) in TOPOLOGY.iter().enumerate().skip(1) {

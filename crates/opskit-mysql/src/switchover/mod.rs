@@ -601,11 +601,18 @@ fn move_spec(input: &SwitchoverInput, server: &str, to: &str, before_freeze: boo
         input.on(server),
         k.replica_pos_var()
     ))
-    .command(format!(
-        "{} {};   -- {to} has everything {server} has",
-        input.on(to),
-        input.kind(to).wait_for_gtid("<P>", 30)
-    ))
+    .command(match input.kind(to).flavor {
+        crate::flavor::Flavor::Mariadb => format!(
+            "{} SELECT @@GLOBAL.gtid_binlog_pos;   -- repeat (≤ 30 s) until it covers P: {to}'s \
+             binary log has everything {server} has",
+            input.on(to)
+        ),
+        crate::flavor::Flavor::Mysql => format!(
+            "{} {};   -- 0: {to} has everything {server} has",
+            input.on(to),
+            input.kind(to).wait_for_gtid("<P>", 30)
+        ),
+    })
     .command(format!(
         "{} {};",
         input.on(server),

@@ -212,23 +212,10 @@ impl Shared {
             })?
             .unwrap_or_default()
             .replace('\n', "");
-        let kt = self.kind(to);
-        let limit = Duration::from_secs(30);
-        let waited = self.on(to, |s| {
-            s.query_within(&kt.wait_for_gtid(&pos, 30), limit + self.timeout())
-        });
-        let reached = matches!(&waited, Ok(rows)
-            if rows.first().and_then(|r| r.at(0)).is_some_and(|v| !kt.wait_timed_out(v)));
-        if !reached {
+        let reached = self.wait_has(to, &pos, Duration::from_secs(30));
+        if let Err(e) = reached {
             let _ = self.on(server, |s| s.exec(k.start_replica()));
-            bail!(
-                "{to} did not reach {server}'s position {pos} within 30 s{}; {server} was left \
-                 under its old source",
-                waited
-                    .err()
-                    .map(|e| format!(" ({e:#})"))
-                    .unwrap_or_default()
-            );
+            bail!("{e:#}; {server} was left under its old source");
         }
         let (host, port) = self.input.host_of(to);
         self.on(server, |s| {
@@ -236,6 +223,49 @@ impl Shared {
             s.exec(k.start_replica())
         })?;
         self.wait_running(server, to, Duration::from_secs(10).max(self.timeout()))
+    }
+
+    /// Waits until the binary log of `to` holds every transaction of `pos` (it can then serve a
+    /// replica stopped at `pos`). MariaDB: `@@gtid_binlog_pos` covers it (`MASTER_GTID_WAIT`
+    /// only looks at a replica's applied position and never returns on a master); MySQL:
+    /// `WAIT_FOR_EXECUTED_GTID_SET`.
+    fn wait_has(&self, to: &str, pos: &str, limit: Duration) -> anyhow::Result<()> {
+        let k = self.kind(to);
+        match k.flavor {
+            Flavor::Mysql => {
+                let v = self.on(to, |s| {
+                    s.query_within(
+                        &k.wait_for_gtid(pos, limit.as_secs()),
+                        limit + self.timeout(),
+                    )
+                })?;
+                match v.first().and_then(|r| r.at(0)) {
+                    Some(v) if !k.wait_timed_out(v) => Ok(()),
+                    other => {
+                        bail!("{to} did not reach {pos} within {limit:?} (wait returned {other:?})")
+                    }
+                }
+            }
+            Flavor::Mariadb => {
+                let want = gtid::Position::parse(pos).map_err(|e| anyhow!(e))?;
+                let deadline = Instant::now() + limit;
+                loop {
+                    let have = self.executed(to)?;
+                    if gtid::Position::parse(&have)
+                        .map_err(|e| anyhow!(e))?
+                        .covers(&want)
+                    {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "{to}'s binary log did not reach {pos} within {limit:?} (it has {have})"
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 
     /// The state of every server, DNS and the pool, for an error after the point of no return.
