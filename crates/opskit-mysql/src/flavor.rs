@@ -30,9 +30,27 @@ impl fmt::Display for Flavor {
     }
 }
 
-/// `major.minor.patch` of a server.
+/// `major.minor.patch` of a server (serialized as `"10.11.19"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Version(pub u32, pub u32, pub u32);
+
+impl From<Version> for String {
+    fn from(v: Version) -> String {
+        v.to_string()
+    }
+}
+
+impl TryFrom<String> for Version {
+    type Error = String;
+    fn try_from(s: String) -> Result<Version, String> {
+        let mut n = s.split('.').map(|p| p.parse::<u32>());
+        match (n.next(), n.next(), n.next(), n.next()) {
+            (Some(Ok(a)), Some(Ok(b)), Some(Ok(c)), None) => Ok(Version(a, b, c)),
+            _ => Err(format!("`{s}` is not a version (major.minor.patch)")),
+        }
+    }
+}
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -356,6 +374,9 @@ mod tests {
         assert!(k.unsupported().is_some());
         assert!(ServerKind::parse("8.0.22").unwrap().unsupported().is_some());
         assert!(ServerKind::parse("garbage").is_none());
+        let json = serde_json::to_string(&k).unwrap();
+        assert_eq!(json, r#"{"flavor":"mariadb","version":"10.3.39"}"#);
+        assert_eq!(serde_json::from_str::<ServerKind>(&json).unwrap(), k);
     }
 
     #[test]
