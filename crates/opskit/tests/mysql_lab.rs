@@ -117,6 +117,78 @@ fn faults_abort_safely_and_dry_run_changes_nothing() {
     let lab_cfg = rig.lab_config();
     let before = rig.snapshot();
 
+    // `topology`: the tree from the servers, the same as JSON, the lag for Prometheus.
+    let out = rig
+        .opskit(&lab_cfg)
+        .args(["mysql", "topology"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("Master  ") && text.contains("   └─ Slave_04  "),
+        "{text}"
+    );
+    let out = rig
+        .opskit(&lab_cfg)
+        .args(["--output", "json", "mysql", "topology"])
+        .output()
+        .unwrap();
+    let report: opskit_mysql::topology::TopologyReport =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.roots, ["Master"]);
+    assert!(report.differences.is_empty(), "{:?}", report.differences);
+    let prom = std::fs::read_to_string(
+        rig.config
+            .general
+            .metrics_dir
+            .path()
+            .join("opskit_mysql_topology.prom"),
+    )
+    .unwrap();
+    assert!(
+        prom.contains(
+            "opskit_mysql_replica_lag_seconds{server=\"Slave_03\",source=\"Slave_01\"} 0"
+        ),
+        "{prom}"
+    );
+
+    // `lab status --output json` names every server of the topology and where to reach it.
+    let out = rig
+        .opskit(&lab_cfg)
+        .args(["--output", "json", "lab", "status", "--dir"])
+        .arg(rig.lab.dir())
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let servers = status["servers"].as_array().unwrap();
+    let find = |n: &str| {
+        servers
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    for n in ["Master", "Slave_01", "Slave_02", "Slave_03", "Slave_04"] {
+        assert_eq!(find(n)["port"], rig.mysql.port);
+        assert_eq!(find(n)["answering"], true);
+    }
+    assert!(find("haproxy")["details"]["admin_socket"].is_string());
+    assert!(find("bind")["details"]["key_file"].is_string());
+
+    // A password file anyone may read is bad config: exit 2, nothing contacted.
+    let open_pw = rig.dir.path().join("open.password");
+    std::fs::write(&open_pw, "x\n").unwrap();
+    let cfg = rig.config_file("open-pw", |c| {
+        c.mysql.admin_password_file = open_pw.to_str().unwrap().parse().unwrap();
+    });
+    let out = rig
+        .opskit(&cfg)
+        .args(["mysql", "switchover"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mysql.admin_password_file"));
+
     // --dry-run prints every statement, the DNS update and the HAProxy commands; nothing moves.
     let out = rig
         .opskit(&lab_cfg)
