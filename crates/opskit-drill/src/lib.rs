@@ -75,6 +75,8 @@ sections! {
     Archive("archive") => archive::ArchiveDrill,
     /// Spec §2: the nginx edge, checked and probed live.
     Nginx("nginx") => nginx::NginxDrill,
+    /// Spec §4: the MySQL switchover under load and back, on five MariaDB, HAProxy and BIND.
+    Mysql("mysql") => mysql::MysqlDrill,
 }
 
 impl std::str::FromStr for SectionId {
@@ -189,7 +191,7 @@ mod tests {
     fn sections_are_named_and_selected_in_run_order() {
         assert_eq!(
             SectionId::ALL.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            ["archive", "nginx"]
+            ["archive", "nginx", "mysql"]
         );
         let opts = DrillOptions {
             lab_dir: "/tmp/x".into(),
@@ -199,10 +201,10 @@ mod tests {
         };
         assert_eq!(opts.sections(), [SectionId::Archive, SectionId::Nginx]);
         assert!(
-            "mysql"
+            "mongodb"
                 .parse::<SectionId>()
                 .unwrap_err()
-                .contains("archive, nginx")
+                .contains("archive, nginx, mysql")
         );
     }
 }
