@@ -394,6 +394,16 @@ fn faults_abort_safely_and_dry_run_changes_nothing() {
             && a["error"].as_str().unwrap_or("").contains("state now:")),
         "{alerts:?}"
     );
+    // A dry run shows the unfinished plan it would resume, and changes nothing.
+    let halfway = rig.snapshot();
+    let out = rig
+        .opskit(&fast)
+        .args(["mysql", "switchover", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resuming"));
+    assert_eq!(rig.snapshot(), halfway);
     // A different switchover is refused while this one is unfinished.
     let (code, _, err) = rig.switchover(&fast, &["--new-master", "Slave_02"]);
     assert_eq!(code, Some(3), "{err}");

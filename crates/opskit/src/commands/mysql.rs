@@ -105,7 +105,9 @@ fn switchover_cmd(app: &App, a: SwitchoverArgs) -> Result<ExitStatus, OpsError> 
     let layout = if a.flat { Layout::Flat } else { Layout::Mirror };
     let state_dir = app.state_dir();
     let admin = admin(app)?;
-    let input = match switchover::unfinished(&state_dir).map_err(OpsError::Failed)? {
+    let unfinished = switchover::unfinished(&state_dir).map_err(OpsError::Failed)?;
+    let resuming = unfinished.is_some();
+    let input = match unfinished {
         Some(saved) => {
             let asked_other = a
                 .new_master
@@ -156,6 +158,15 @@ fn switchover_cmd(app: &App, a: SwitchoverArgs) -> Result<ExitStatus, OpsError> 
         &state_dir,
     )?);
     let mut plan = switchover::build_plan(Arc::clone(&shared));
+    if a.dry_run && resuming {
+        plan.fact(
+            "resuming",
+            "this switchover did not finish: a real run skips the steps its journal has done \
+             and continues from the first one that is not",
+        );
+        app.print_plan(&plan);
+        return Ok(ExitStatus::Success);
+    }
     if a.dry_run {
         let checks = preflight::run(&shared);
         for c in &checks {
