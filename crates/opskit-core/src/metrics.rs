@@ -170,6 +170,65 @@ fn without_metrics(text: &str, names: &[&str]) -> String {
     out
 }
 
+/// One sample of a labelled gauge, for reports that are not runs of a plan (the per-replica
+/// lag `opskit mysql topology` reports).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledGauge {
+    /// The full metric name (`opskit_mysql_replica_lag_seconds`).
+    pub name: String,
+    /// The `# HELP` text.
+    pub help: String,
+    /// Label names and values.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+impl MetricsWriter {
+    /// Writes `<dir>/<file>.prom` holding exactly `gauges`, atomically. A separate file per
+    /// report, so it never overwrites a runbook's run metrics.
+    pub fn write_gauges(&self, file: &str, gauges: &[LabelledGauge]) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating metrics directory {}", self.dir.display()))?;
+        let path = self.dir.join(format!("{}.prom", metric_name(file)));
+        write_atomic(&path, render_gauges(gauges).as_bytes(), 0o644)?;
+        Ok(path)
+    }
+}
+
+/// Renders labelled gauges (`# HELP` and `# TYPE` once per name, in first-seen order).
+pub fn render_gauges(gauges: &[LabelledGauge]) -> String {
+    let mut out = String::new();
+    let mut names: Vec<&str> = Vec::new();
+    for g in gauges {
+        if !names.contains(&g.name.as_str()) {
+            names.push(&g.name);
+        }
+    }
+    for name in names {
+        let name_ok = metric_name(name);
+        let mut first = true;
+        for g in gauges.iter().filter(|g| g.name == name) {
+            if first {
+                let _ = writeln!(out, "# HELP {name_ok} {}", g.help);
+                let _ = writeln!(out, "# TYPE {name_ok} gauge");
+                first = false;
+            }
+            let labels: Vec<String> = g
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{}=\"{}\"", metric_name(k), escape_label(v)))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name_ok} {}", g.value);
+            } else {
+                let _ = writeln!(out, "{name_ok}{{{}}} {}", labels.join(","), g.value);
+            }
+        }
+    }
+    out
+}
+
 fn metric_name(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -249,6 +308,28 @@ mod tests {
             success,
             counters,
         }
+    }
+
+    #[test]
+    fn labelled_gauges_get_one_header_per_name_and_escaped_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = |server: &str, v: f64| LabelledGauge {
+            name: "opskit_mysql_replica_lag_seconds".into(),
+            help: "Replication lag.".into(),
+            labels: vec![("server".into(), server.into())],
+            value: v,
+        };
+        let p = MetricsWriter::new(dir.path())
+            .write_gauges(
+                "opskit_mysql_topology",
+                &[g("Slave_01", 0.0), g("a\"b", 3.0)],
+            )
+            .unwrap();
+        assert!(p.ends_with("opskit_mysql_topology.prom"));
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.matches("# TYPE").count(), 1, "{text}");
+        assert!(text.contains("opskit_mysql_replica_lag_seconds{server=\"Slave_01\"} 0\n"));
+        assert!(text.contains("{server=\"a\\\"b\"} 3\n"), "{text}");
     }
 
     #[test]

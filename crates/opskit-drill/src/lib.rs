@@ -77,6 +77,8 @@ sections! {
     Nginx("nginx") => nginx::NginxDrill,
     /// Spec §3: the Docker firewall on the lab's namespace host, checked by probes from inside.
     Firewall("firewall") => firewall::FirewallDrill,
+    /// Spec §4: the MySQL switchover under load and back, on five MariaDB, HAProxy and BIND.
+    Mysql("mysql") => mysql::MysqlDrill,
 }
 
 impl std::str::FromStr for SectionId {
@@ -191,7 +193,7 @@ mod tests {
     fn sections_are_named_and_selected_in_run_order() {
         assert_eq!(
             SectionId::ALL.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            ["archive", "nginx", "firewall"]
+            ["archive", "nginx", "firewall", "mysql"]
         );
         let opts = DrillOptions {
             lab_dir: "/tmp/x".into(),
@@ -201,10 +203,10 @@ mod tests {
         };
         assert_eq!(opts.sections(), [SectionId::Archive, SectionId::Nginx]);
         assert!(
-            "mysql"
+            "mongodb"
                 .parse::<SectionId>()
                 .unwrap_err()
-                .contains("archive, nginx, firewall")
+                .contains("archive, nginx, firewall, mysql")
         );
     }
 }

@@ -37,6 +37,9 @@
 //! sftp/backup/        where SFTP uploads land
 //! mariadb/            my.cnf, data/, tmp/, mysqld.sock, mariadbd.log
 //! webhook/            received.jsonl (one JSON line per alert), receiver.log
+//! mysql/              master/ slave_01/ … slave_04/ (one MariaDB each), *.password (0600)
+//! haproxy/            haproxy.cfg, admin.sock (runtime API), haproxy.log (tcplog)
+//! bind/               named.conf, db.ipo.com (+ .jnl), update.key (TSIG, 0600), named.log
 //! state/ metrics/ staging/   opskit's own directories for runs against the lab
 //! ```
 //! `down` stops exactly the recorded processes and keeps all of this; `down --purge` deletes
@@ -55,9 +58,12 @@ pub mod state;
 pub mod webhook;
 
 pub use components::Component;
+pub use components::bind::BindLab;
 pub use components::firewall::FirewallLab;
+pub use components::haproxy::{HaproxyLab, PoolMember};
 pub use components::mariadb::{MariadbInstance, MariadbServer};
 pub use components::mongodb::MongodbServer;
+pub use components::mysql::{MysqlInstance, MysqlLab};
 pub use components::nginx::EdgeServer;
 pub use components::nginx::files::BOT_MARKER;
 pub use components::sshd::SftpServer;

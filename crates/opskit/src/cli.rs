@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{archive, config, drill, firewall, generate, history, lab, nginx, status};
+use crate::commands::{
+    archive, config, drill, firewall, generate, history, lab, mysql, nginx, status,
+};
 
 /// Run, rehearse and check the operations of the ipo.com platform.
 ///
@@ -100,8 +102,8 @@ pub enum Command {
     Nginx(nginx::NginxArgs),
     /// The Docker iptables policy (spec §3): render, apply, persist, verify.
     Firewall(firewall::FirewallArgs),
-    /// MySQL switchover and "server has gone away" doctor (spec §4, §5): not built yet.
-    Mysql(NotBuiltArgs),
+    /// MySQL topology and planned master switchover (spec §4).
+    Mysql(mysql::MysqlArgs),
     /// Real servers on this machine for rehearsal and tests: up, down, status.
     Lab(lab::LabArgs),
     /// Every runbook against the lab, one report.
@@ -114,12 +116,4 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Shell completions and the man page, generated from these definitions.
     Generate(generate::GenerateArgs),
-}
-
-/// Arguments of a sub-command that is not built yet (accepted so the message is clear).
-#[derive(Debug, Args)]
-pub struct NotBuiltArgs {
-    /// Ignored.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
 }

@@ -120,6 +120,12 @@ registry! {
     Nginx("nginx") => nginx::Nginx,
     /// A Docker host in network namespaces, with Docker's rules and the containers' listeners (spec §3; root).
     Firewall("firewall") => firewall::Firewall,
+    /// Five MariaDB servers in the replication topology of spec §4 (GTID, own addresses).
+    Mysql("mysql") => mysql::Mysql,
+    /// HAProxy in front of the replicas (`mysql-slave.ipo.com`) with a runtime API socket.
+    Haproxy("haproxy") => haproxy::Haproxy,
+    /// BIND serving `ipo.com` with a TSIG key that may move `mysql-master.ipo.com`.
+    Bind("bind") => bind::Bind,
 }
 
 impl std::str::FromStr for Component {

@@ -7,6 +7,7 @@ pub mod firewall;
 pub mod generate;
 pub mod history;
 pub mod lab;
+pub mod mysql;
 pub mod nginx;
 pub mod status;
 
@@ -27,13 +28,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, OpsError> {
         Command::Status(args) => status::run(args, &App::load(&cli.global)?),
         Command::History(args) => history::run(args, &App::load(&cli.global)?),
         Command::Firewall(args) => firewall::run(args, &App::load(&cli.global)?),
-        Command::Mysql(_) => Err(not_built("mysql")),
+        Command::Mysql(args) => mysql::run(args, &App::load(&cli.global)?),
     }
-}
-
-/// The error for a runbook that is not built yet (exit 2).
-pub fn not_built(what: &str) -> OpsError {
-    OpsError::Usage(format!(
-        "`opskit {what}` is not built yet in this version; see `opskit --help` for what is available"
-    ))
 }
