@@ -95,7 +95,18 @@ fn topology_cmd(app: &App) -> Result<ExitStatus, OpsError> {
     let report = topology::discover(&mut c, &app.config.mysql);
     print_report(app, &report);
     let metrics = MetricsWriter::new(app.config.general.metrics_dir.path());
-    if let Err(e) = metrics.write_gauges("opskit_mysql_topology", &report.gauges()) {
+    let mut gauges = report.gauges();
+    // When it last looked, so a timer that stopped is seen (OpskitTopologyNotRunning).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauges.push(opskit_core::metrics::LabelledGauge {
+        name: "opskit_last_run_timestamp_seconds".into(),
+        help: "Unix time the last run ended.".into(),
+        labels: vec![("runbook".into(), topology::TOPOLOGY_RUNBOOK.into())],
+        value: now.floor(),
+    });
+    if let Err(e) = metrics.write_gauges("opskit_mysql_topology", &gauges) {
         tracing::warn!("the topology metrics could not be written: {e:#}");
     }
     Ok(ExitStatus::Success)
