@@ -82,83 +82,15 @@ pub fn haproxy_runtime(socket: &std::path::Path, timeout: Duration) -> Result<Ha
     })
 }
 
-/// `mysql://user@host:port` without a password (the password comes from a file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Dsn {
-    /// The user, when the DSN names one.
-    pub user: Option<String>,
-    /// Host name or address.
-    pub host: String,
-    /// Port (3306 when not written).
-    pub port: u16,
-}
+pub use opskit_core::config::mysql::MysqlDsn as Dsn;
 
-impl std::str::FromStr for Dsn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Dsn, String> {
-        let rest = s
-            .strip_prefix("mysql://")
-            .unwrap_or(s)
-            .trim_end_matches('/');
-        let (user, hostport) = match rest.rsplit_once('@') {
-            Some((u, h)) => {
-                if u.contains(':') {
-                    return Err(format!(
-                        "`{s}`: a DSN carries no password (it is read from the configured password file)"
-                    ));
-                }
-                (Some(u.to_string()), h)
-            }
-            None => (None, rest),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("`{s}`: `{p}` is not a port"))?,
-            ),
-            None => (hostport, 3306),
-        };
-        let ok = |c: char| c.is_ascii_alphanumeric() || "-._".contains(c);
-        if host.is_empty() || !host.chars().all(ok) {
-            return Err(format!("`{s}`: expected mysql://user@host:port"));
-        }
-        if user
-            .as_deref()
-            .is_some_and(|u| u.is_empty() || !u.chars().all(ok))
-        {
-            return Err(format!(
-                "`{s}`: the user has characters outside [A-Za-z0-9._-]"
-            ));
-        }
-        Ok(Dsn {
-            user,
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for Dsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.user {
-            Some(u) => write!(f, "mysql://{u}@{}:{}", self.host, self.port),
-            None => write!(f, "mysql://{}:{}", self.host, self.port),
-        }
-    }
-}
-
-impl Dsn {
-    /// A session as `creds` (the DSN's user wins over `creds.user`).
-    pub fn session(&self, creds: &Credentials, timeout: Duration) -> Result<Session> {
-        let creds = Credentials {
-            user: self.user.clone().unwrap_or_else(|| creds.user.clone()),
-            password: creds.password.clone(),
-        };
-        Session::new(self.to_string(), &self.host, self.port, &creds, timeout)
-    }
+/// A session to `dsn` as `creds` (the DSN's user wins over `creds.user`).
+pub fn session(dsn: &Dsn, creds: &Credentials, timeout: Duration) -> Result<Session> {
+    let creds = Credentials {
+        user: dsn.user.clone().unwrap_or_else(|| creds.user.clone()),
+        password: creds.password.clone(),
+    };
+    Session::new(dsn.to_string(), &dsn.host, dsn.port, &creds, timeout)
 }
 
 /// One replica's settings and counters.
@@ -193,7 +125,7 @@ const STATUS: &str = "'Uptime','Aborted_clients','Aborted_connects','Com_kill',\
 
 /// Reads one replica (read-only `SHOW GLOBAL …` and `SELECT @@…`).
 pub fn replica_facts(dsn: &Dsn, creds: &Credentials, timeout: Duration) -> Result<ReplicaFacts> {
-    let mut s = dsn.session(creds, timeout)?;
+    let mut s = session(dsn, creds, timeout)?;
     let read = |s: &mut Session, sql: &str| -> Result<BTreeMap<String, u64>> {
         Ok(s.query(sql)?
             .into_iter()
@@ -226,29 +158,4 @@ pub fn replica_facts(dsn: &Dsn, creds: &Credentials, timeout: Duration) -> Resul
         variables,
         status,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dsns_carry_no_password() {
-        let d: Dsn = "mysql://opskit@10.0.0.12:3307".parse().unwrap();
-        assert_eq!(
-            (d.user.as_deref(), d.host.as_str(), d.port),
-            (Some("opskit"), "10.0.0.12", 3307)
-        );
-        assert_eq!(d.to_string(), "mysql://opskit@10.0.0.12:3307");
-        let d: Dsn = "mysql-01.ipo.com".parse().unwrap();
-        assert_eq!((d.user, d.port), (None, 3306));
-        assert!(
-            "mysql://u:secret@h:1"
-                .parse::<Dsn>()
-                .unwrap_err()
-                .contains("no password")
-        );
-        assert!("mysql://u@h:0".parse::<Dsn>().is_err());
-        assert!("mysql://u@h;drop:1".parse::<Dsn>().is_err());
-    }
 }

@@ -103,7 +103,7 @@ fn one(opts: &ProbeOptions, idle: Duration, cancel: &AtomicBool) -> Probe {
         connection_id: None,
         server: None,
     };
-    let mut s = match opts.dsn.session(&opts.credentials, opts.timeout) {
+    let mut s = match crate::live::session(&opts.dsn, &opts.credentials, opts.timeout) {
         Ok(s) => s,
         Err(e) => {
             p.error = Some(format!("{e:#}"));
@@ -223,7 +223,7 @@ pub fn probe_idle(opts: &ProbeOptions) -> Result<ProbeReport> {
     let clock = Instant::now();
     let max_ms = opts.max.as_millis() as u64;
     let (hl, el) = (offsets(&opts.haproxy_logs), offsets(&opts.mysql_error_logs));
-    let mut first = opts.dsn.session(&opts.credentials, opts.timeout)?;
+    let mut first = crate::live::session(&opts.dsn, &opts.credentials, opts.timeout)?;
     let wait_timeout = first
         .value("SELECT @@session.wait_timeout")
         .with_context(|| format!("reading wait_timeout through {}", opts.dsn))?

@@ -186,6 +186,12 @@ impl Server for Mysql {
         m.admin_password_file = abs(&view.admin_password_file)?;
         m.replication_user = REPL_USER.parse().expect("valid");
         m.replication_password_file = abs(&view.replication_password_file)?;
+        // The doctor reads the replicas' error logs (mariadbd writes them to its lab log).
+        m.doctor.mysql_error_logs = records
+            .iter()
+            .filter(|r| TOPOLOGY.iter().any(|(n, _, src)| *n == r.name && src.is_some()))
+            .map(|r| abs(&r.log))
+            .collect::<Result<_>>()?;
         Ok(())
     }
 
