@@ -7,7 +7,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tcplog::read_maybe_gz;
 
@@ -15,7 +15,7 @@ use crate::tcplog::read_maybe_gz;
 const IDS_KEPT: usize = 20;
 
 /// What one error log says.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorLogStats {
     /// The file.
     pub file: String,

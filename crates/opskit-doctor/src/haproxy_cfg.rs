@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The timers that can end an idle connection on the path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Timer {
     /// HAProxy `timeout client` (frontend side).
@@ -37,7 +37,7 @@ impl Timer {
 }
 
 /// Settings a proxy inherits from its `defaults` section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     /// `mode` (`tcp` when unset).
     pub mode: Option<String>,
@@ -56,7 +56,7 @@ impl Settings {
 }
 
 /// One `server` line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerLine {
     /// Its name.
     pub name: String,
@@ -76,7 +76,7 @@ impl ServerLine {
 }
 
 /// `frontend`, `backend` or `listen`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyKind {
     /// Accepts connections.
@@ -88,7 +88,7 @@ pub enum ProxyKind {
 }
 
 /// One proxy section with what it inherited.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proxy {
     /// Section kind.
     pub kind: ProxyKind,
@@ -105,7 +105,7 @@ pub struct Proxy {
 }
 
 /// A parsed configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HaproxyConfig {
     /// Every frontend, backend and listen section in file order.
     pub proxies: Vec<Proxy>,
@@ -114,7 +114,7 @@ pub struct HaproxyConfig {
 }
 
 /// The effective timers of one frontend → backend path.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     /// The frontend (or listen) the application connects to.
     pub frontend: String,

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use opskit_mysql::session::Credentials;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use errorlog::ErrorLogStats;
 use haproxy_cfg::{HaproxyConfig, Route};
@@ -53,7 +53,7 @@ pub struct Inputs {
 }
 
 /// Everything the doctor read.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Evidence {
     /// The parsed configuration.
     #[serde(skip)]

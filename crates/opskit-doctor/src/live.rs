@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use opskit_mysql::haproxy::Runtime;
 use opskit_mysql::session::{Credentials, Session};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One server row of `show stat`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStat {
     /// `backend/server`.
     pub name: String,
@@ -30,7 +30,7 @@ pub struct ServerStat {
 }
 
 /// HAProxy's runtime view.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HaproxyRuntime {
     /// The worker's pid.
     pub pid: String,
@@ -94,7 +94,7 @@ pub fn session(dsn: &Dsn, creds: &Credentials, timeout: Duration) -> Result<Sess
 }
 
 /// One replica's settings and counters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaFacts {
     /// The DSN it was read through.
     pub dsn: String,

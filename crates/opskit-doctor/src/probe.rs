@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use opskit_mysql::session::Credentials;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::errorlog::{ErrorLogStats, is_timeout_reason};
 use crate::haproxy_cfg::{Route, Timer};
@@ -56,7 +56,7 @@ pub struct ProbeOptions {
 }
 
 /// One connection of the probe.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Probe {
     /// The idle tried, ms.
     pub idle_ms: u64,
@@ -71,7 +71,7 @@ pub struct Probe {
 }
 
 /// The probe's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeReport {
     /// The DSN probed.
     pub dsn: String,

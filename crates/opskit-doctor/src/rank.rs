@@ -6,14 +6,14 @@
 //! application idles longer than the path allows), `info` otherwise (a setting worth knowing).
 //! Findings are sorted by score, so the first one is the doctor's best explanation.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Evidence;
 use crate::errorlog::{is_kill_reason, is_timeout_reason};
 use crate::haproxy_cfg::{Route, Timer};
 
 /// The causes the doctor knows (notes/goneaway.md, cause table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// HAProxy `timeout client` shorter than the application's idle.
@@ -53,7 +53,7 @@ impl Cause {
 }
 
 /// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Worth knowing.
@@ -65,7 +65,7 @@ pub enum Level {
 }
 
 /// How sure the doctor is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Confidence {
     /// A setting allows it.
@@ -77,7 +77,7 @@ pub enum Confidence {
 }
 
 /// One likely cause.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     /// What.
     pub cause: Cause,
@@ -188,18 +188,27 @@ fn haproxy_timeouts(e: &Evidence, out: &mut Vec<Finding>) {
                 r.backend
             );
             if let Some(logs) = &e.logs {
+                // `sD` is written when the client comes back: at the timeout or later.
                 let n: u64 = timer_codes(t)
                     .iter()
-                    .map(|c| logs.near(Some(&r.backend), c, v))
+                    .map(|c| match *c {
+                        "sD" => logs.at_least(Some(&r.backend), c, v),
+                        _ => logs.near(Some(&r.backend), c, v),
+                    })
                     .sum();
                 if n > 0 {
                     for c in timer_codes(t) {
                         explained.insert(*c);
                     }
                     let mut ev = vec![format!(
-                        "{n} sessions of backend {} ended {} after ≈{} (= {} {})",
+                        "{n} sessions of backend {} ended {} after {}{} (= {} {})",
                         r.backend,
                         timer_codes(t).join("/"),
+                        if t == Timer::Server {
+                            "at least "
+                        } else {
+                            "≈"
+                        },
                         human(v),
                         t.setting(),
                         human(v)

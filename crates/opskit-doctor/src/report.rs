@@ -2,13 +2,13 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Evidence;
 use crate::rank::{Finding, Level, human, rank};
 
 /// What `opskit mysql doctor` prints (text or `--output json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DoctorReport {
     /// Likely causes, best first.
     pub findings: Vec<Finding>,

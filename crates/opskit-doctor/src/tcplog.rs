@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Counts of one termination code.
 pub type CodeCounts = BTreeMap<String, u64>;
@@ -31,7 +31,7 @@ pub fn bucket(ms: u64) -> u64 {
 }
 
 /// What the logs say.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TcplogStats {
     /// Files read (with their line counts).
     pub files: Vec<(String, u64)>,
@@ -206,6 +206,19 @@ impl TcplogStats {
             .sum()
     }
 
+    /// Sessions of `backend` that ended with `code` after at least `min_ms` (less 5 %): an
+    /// `sD` is logged when the client comes back, so it lasts the timeout *or longer*.
+    pub fn at_least(&self, backend: Option<&str>, code: &str, min_ms: u64) -> u64 {
+        let lo = bucket(min_ms - min_ms / 20);
+        self.durations
+            .iter()
+            .filter(|(b, _)| backend.is_none_or(|x| x == b.as_str()))
+            .filter_map(|(_, codes)| codes.get(code))
+            .flat_map(|d| d.range(lo..))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Sessions with `code` in `backend` (every backend when `None`).
     pub fn count(&self, backend: Option<&str>, code: &str) -> u64 {
         match backend {
@@ -294,6 +307,8 @@ Nov 23 18:42:00 db1 haproxy[812]: 10.1.2.3:40000 [23/Nov/2026:18:41:30.000] fe_m
         assert_eq!(s.near(Some("be_slaves"), "cD", 5000), 2);
         assert_eq!(s.near(None, "cD", 3000), 0);
         assert_eq!(s.near(None, "SD", 3000), 1);
+        assert_eq!(s.at_least(None, "cD", 5000), 2);
+        assert_eq!(s.at_least(None, "cD", 6000), 0);
         assert_eq!(s.mode_duration("cD"), Some((5000, 2)));
         assert_eq!(s.first.as_deref(), Some("23/Nov/2026:18:40:14.201"));
         assert_eq!(s.last.as_deref(), Some("23/Nov/2026:18:44:00.000"));
