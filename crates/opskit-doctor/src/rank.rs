@@ -118,14 +118,14 @@ pub fn human(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    if ms % 1000 != 0 && ms < 10_000 {
+    if !ms.is_multiple_of(1000) && ms < 10_000 {
         return format!("{:.1}s", ms as f64 / 1000.0);
     }
     let s = ms / 1000;
     match s {
         0..120 => format!("{s}s"),
-        120..7200 if s % 60 == 0 => format!("{}m", s / 60),
-        7200.. if s % 3600 == 0 => format!("{}h", s / 3600),
+        120..7200 if s.is_multiple_of(60) => format!("{}m", s / 60),
+        7200.. if s.is_multiple_of(3600) => format!("{}h", s / 3600),
         _ => format!("{s}s"),
     }
 }

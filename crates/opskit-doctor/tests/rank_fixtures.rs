@@ -90,16 +90,31 @@ fn haproxy_timeouts_are_told_apart_by_code_and_value() {
 #[test]
 fn server_side_causes_come_first_on_their_reasons() {
     assert_eq!(
-        top(evidence(cfg("1m", "1m", ""), SD_WAIT, WAIT_ABORT, vec![replica(3, 86400, 0)])),
+        top(evidence(
+            cfg("1m", "1m", ""),
+            SD_WAIT,
+            WAIT_ABORT,
+            vec![replica(3, 86400, 0)]
+        )),
         Cause::WaitTimeout
     );
     let packet = "2026-11-23 18:41:02 7 [Warning] Aborted connection 7 to db: 'lab' user: 'app' host: '127.0.0.1' (Got a packet bigger than 'max_allowed_packet' bytes)\n";
     assert_eq!(
-        top(evidence(cfg("1m", "1m", ""), SD_WAIT, packet, vec![replica(28800, 86400, 0)])),
+        top(evidence(
+            cfg("1m", "1m", ""),
+            SD_WAIT,
+            packet,
+            vec![replica(28800, 86400, 0)]
+        )),
         Cause::MaxAllowedPacket
     );
     assert_eq!(
-        top(evidence(cfg("1m", "1m", ""), NORMAL, "", vec![replica(28800, 86400, 2)])),
+        top(evidence(
+            cfg("1m", "1m", ""),
+            NORMAL,
+            "",
+            vec![replica(28800, 86400, 2)]
+        )),
         Cause::Kill
     );
     let restart = "2026-11-23 18:43:00 0 [Note] /usr/sbin/mariadbd (initiated by: root[root] @ localhost []): Normal shutdown\n\
@@ -107,7 +122,12 @@ fn server_side_causes_come_first_on_their_reasons() {
                    2026-11-23 18:43:03 0 [Note] /usr/sbin/mariadbd: ready for connections.\n";
     let down = "[WARNING]  (4321) : Server be_slaves/Slave_01 is DOWN, reason: Layer4 connection problem, info: \"Connection refused\", check duration: 0ms. 0 active and 0 backup servers left. 1 sessions active, 0 requeued, 0 remaining in queue.\n";
     assert_eq!(
-        top(evidence(cfg("1m", "1m", ""), &format!("{down}{SD_WAIT}"), restart, vec![replica(28800, 5, 0)])),
+        top(evidence(
+            cfg("1m", "1m", ""),
+            &format!("{down}{SD_WAIT}"),
+            restart,
+            vec![replica(28800, 5, 0)]
+        )),
         Cause::ReplicaRestart
     );
 }
@@ -125,7 +145,12 @@ fn haproxy_kills_are_health_checks_or_hard_stops() {
                 [WARNING]  (4321) : soft-stop running for too long, performing a hard-stop.\n\
                 127.0.0.1:56610 [23/Nov/2026:18:45:00.000] fe_mysql_ro be_slaves/Slave_01 0/0/1500 90 K- 1/1/0/0/0 0/0\n";
     assert_eq!(
-        top(evidence(cfg("1m", "1m", "hard-stop-after 1s"), hard, "", healthy)),
+        top(evidence(
+            cfg("1m", "1m", "hard-stop-after 1s"),
+            hard,
+            "",
+            healthy
+        )),
         Cause::HardStopOnReload
     );
 }
