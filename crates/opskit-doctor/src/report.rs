@@ -133,6 +133,19 @@ impl DoctorReport {
                 l.last.as_deref().unwrap_or("-"),
                 codes.join(", ")
             );
+            // Where the abnormal endings cluster (a timeout ends its sessions at one value).
+            for (backend, by_code) in &l.durations {
+                for (code, d) in by_code.iter().filter(|(c, _)| c.as_str() != "--") {
+                    let mut top: Vec<(&u64, &u64)> = d.iter().collect();
+                    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                    let shown: Vec<String> = top
+                        .iter()
+                        .take(3)
+                        .map(|(b, n)| format!("{n} at {}", human(**b)))
+                        .collect();
+                    let _ = writeln!(t, "    {backend} {code} durations: {}", shown.join(", "));
+                }
+            }
         }
         for r in &e.replicas {
             let g = |k: &str| r.get(k).map_or("?".into(), |v| v.to_string());
