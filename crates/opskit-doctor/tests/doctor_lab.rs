@@ -111,10 +111,8 @@ impl Rig {
         })
     }
 
-    fn set_global(&self, sql: &str) {
-        for n in REPLICAS {
-            self.mysql.sql(n, sql).unwrap();
-        }
+    fn set_global(&self, assignment: &str) {
+        self.mysql.set_global_on_replicas(assignment).unwrap();
     }
 
     fn wait_pool_up(&self) {
@@ -228,18 +226,18 @@ fn each_cause_is_reproduced_with_pdo_and_ranked_first() {
     hp.set_timers(&HaproxyTimers::default()).unwrap();
 
     // wait_timeout.
-    rig.set_global("SET GLOBAL wait_timeout=2");
+    rig.set_global("wait_timeout=2");
     rig.cut_logs();
     let o = rig.pdo(PdoAction::Idle(Duration::from_millis(3500)));
-    rig.set_global("SET GLOBAL wait_timeout=28800");
+    rig.set_global("wait_timeout=28800");
     assert_gone_away("wait_timeout", &o);
     assert_first("wait_timeout", &rig.diagnose(None), Cause::WaitTimeout);
 
     // max_allowed_packet.
-    rig.set_global("SET GLOBAL max_allowed_packet=16384");
+    rig.set_global("max_allowed_packet=16384");
     rig.cut_logs();
     let o = rig.pdo(PdoAction::Big(65536));
-    rig.set_global("SET GLOBAL max_allowed_packet=16777216");
+    rig.set_global("max_allowed_packet=16777216");
     assert_gone_away("max_allowed_packet", &o);
     assert_first(
         "max_allowed_packet",

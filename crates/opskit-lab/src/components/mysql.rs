@@ -389,6 +389,18 @@ impl MysqlLab {
         self.get(name)?.server.sql(sql)
     }
 
+    /// A fault switch for the doctor's tests and drill: `SET GLOBAL <assignment>` (e.g.
+    /// `wait_timeout=2`, `max_allowed_packet=16384`) on every replica (the servers with a
+    /// source in spec §4, the ones HAProxy fronts); new connections get the new value.
+    pub fn set_global_on_replicas(&self, assignment: &str) -> Result<()> {
+        for s in self.servers.iter().filter(|s| s.spec_source.is_some()) {
+            s.server
+                .sql(&format!("SET GLOBAL {assignment}"))
+                .with_context(|| format!("SET GLOBAL {assignment} on {}", s.name))?;
+        }
+        Ok(())
+    }
+
     /// The application account's password.
     pub fn app_password(&self) -> Result<String> {
         Ok(std::fs::read_to_string(&self.app_password_file)
