@@ -173,32 +173,42 @@ fn each_cause_is_reproduced_with_pdo_and_ranked_first() {
         r.evidence.not_looked_at
     );
 
-    // probe-idle finds timeout client 3s within 10 %.
+    // probe-idle finds the cutoff within 10 % and names the timer: timeout client, timeout
+    // server, then MySQL's wait_timeout.
     let timers = |client: &str, server: &str, tunnel: Option<&str>| HaproxyTimers {
         client: client.into(),
         server: server.into(),
         tunnel: tunnel.map(str::to_string),
         ..HaproxyTimers::default()
     };
-    hp.set_timers(&timers("3s", "1m", None)).unwrap();
-    let opts = ProbeOptions {
-        dsn: rig.config.mysql.doctor.probe_dsn.clone().unwrap(),
-        credentials: rig.inputs(None).credentials.unwrap(),
-        max: Duration::from_secs(8),
-        timeout: Duration::from_secs(10),
-        routes: HaproxyConfig::parse(&std::fs::read_to_string(&hp.config).unwrap()).routes(),
-        haproxy_logs: vec![hp.log_file.clone()],
-        mysql_error_logs: rig.error_logs(),
+    let probe = |what: &str, timer: Timer| {
+        let opts = ProbeOptions {
+            dsn: rig.config.mysql.doctor.probe_dsn.clone().unwrap(),
+            credentials: rig.inputs(None).credentials.unwrap(),
+            max: Duration::from_secs(8),
+            timeout: Duration::from_secs(10),
+            routes: HaproxyConfig::parse(&std::fs::read_to_string(&hp.config).unwrap()).routes(),
+            haproxy_logs: vec![hp.log_file.clone()],
+            mysql_error_logs: rig.error_logs(),
+        };
+        let p = probe_idle(&opts).unwrap();
+        eprintln!("{what}: {}", p.render_text());
+        let cut = p.cutoff_ms.expect("a cutoff") as f64;
+        assert!(
+            (cut - 3000.0).abs() <= 300.0,
+            "{what}: cutoff {cut} ms, not 3 s ± 10 %"
+        );
+        assert_eq!(p.timer, Some(timer), "{what}: {:?}", p.why);
+        assert!(p.elapsed_ms < 20_000, "{what}: took {} ms", p.elapsed_ms);
     };
-    let p = probe_idle(&opts).unwrap();
-    eprintln!("{}", p.render_text());
-    let cut = p.cutoff_ms.expect("a cutoff") as f64;
-    assert!(
-        (cut - 3000.0).abs() <= 300.0,
-        "cutoff {cut} ms, not 3 s ± 10 %"
-    );
-    assert_eq!(p.timer, Some(Timer::Client));
-    assert!(p.elapsed_ms < 20_000, "took {} ms", p.elapsed_ms);
+    hp.set_timers(&timers("3s", "1m", None)).unwrap();
+    probe("probe timeout client", Timer::Client);
+    hp.set_timers(&timers("1m", "3s", None)).unwrap();
+    probe("probe timeout server", Timer::Server);
+    hp.set_timers(&HaproxyTimers::default()).unwrap();
+    rig.set_global("wait_timeout=3");
+    probe("probe wait_timeout", Timer::WaitTimeout);
+    rig.set_global("wait_timeout=28800");
 
     // HAProxy timeouts: client, server, tunnel.
     for (what, t, cause) in [
