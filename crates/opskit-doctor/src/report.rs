@@ -168,7 +168,15 @@ impl DoctorReport {
             let reasons: Vec<String> = l
                 .aborted
                 .iter()
-                .map(|(r, n)| format!("{n} × ({r})"))
+                .map(|(r, n)| {
+                    // The newest ids, to match the CONNECTION_ID() the application logged.
+                    let ids = l.aborted_ids.get(r).map_or(String::new(), |ids| {
+                        let last: Vec<String> =
+                            ids.iter().rev().take(5).map(u64::to_string).collect();
+                        format!(" [last ids {}]", last.join(", "))
+                    });
+                    format!("{n} × ({r}){ids}")
+                })
                 .collect();
             let _ = writeln!(
                 t,
