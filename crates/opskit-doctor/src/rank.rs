@@ -201,7 +201,8 @@ fn haproxy_timeouts(e: &Evidence, out: &mut Vec<Finding>) {
                         explained.insert(*c);
                     }
                     let mut ev = vec![format!(
-                        "{n} sessions of backend {} ended {} after {}{} (= {} {})",
+                        "{} of backend {} ended {} after {}{} (= {} {})",
+                        sessions(n),
                         r.backend,
                         timer_codes(t).join("/"),
                         if t == Timer::Server {
@@ -259,7 +260,7 @@ fn haproxy_timeouts(e: &Evidence, out: &mut Vec<Finding>) {
                 out.push(finding(
                     cause,
                     70 + n.min(9) as u32,
-                    format!("HAProxy ended {} sessions on its {what} timeout", logs.count(None, code)),
+                    format!("HAProxy ended {} on its {what} timeout", sessions(logs.count(None, code))),
                     vec![format!(
                         "{n} `{code}` sessions lasted ≈{} (the most common duration); no configured timeout matches it",
                         human(at)
@@ -303,7 +304,8 @@ fn wait_timeout(e: &Evidence, out: &mut Vec<Finding>) {
                 let n = logs.near(None, "SD", w * 1000);
                 if n > 0 {
                     ev.push(format!(
-                        "{n} sessions ended SD after ≈{} (= wait_timeout)",
+                        "{} ended SD after ≈{} (= wait_timeout)",
+                        sessions(n),
                         human(w * 1000)
                     ));
                     score = score.max(90);
@@ -614,4 +616,14 @@ pub fn rank(e: &Evidence) -> Vec<Finding> {
     settings(e, &mut out);
     out.sort_by(|a, b| b.score.cmp(&a.score).then(a.cause.cmp(&b.cause)));
     out
+}
+
+/// "1 session", "2 sessions".
+fn sessions(n: impl Into<u64>) -> String {
+    let n = n.into();
+    if n == 1 {
+        "1 session".to_string()
+    } else {
+        format!("{n} sessions")
+    }
 }

@@ -101,11 +101,17 @@ impl Section for DoctorDrill {
                     (cut - CUTOFF_MS).abs() <= CUTOFF_MS / 10.0,
                     "cutoff {cut} ms is not 2 s ± 10 %"
                 );
-                ensure!(p.timer == Some(Timer::Client), "cut by {:?}: {:?}", p.timer, p.why);
+                ensure!(
+                    p.timer == Some(Timer::Client),
+                    "cut by {}: {}",
+                    p.timer.map_or("no timer named".to_string(), |t| format!("{t:?}")),
+                    p.why.join("; ")
+                );
+                let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| format!("{v} ms"));
                 Ok(format!(
-                    "cutoff ≈{cut} ms (survived {:?}, cut {:?}) by timeout client in {:.1} s",
-                    p.longest_survived_ms,
-                    p.shortest_failed_ms,
+                    "cutoff ≈{cut} ms (longest idle that survived {}, shortest cut {}) by timeout client in {:.1} s",
+                    ms(p.longest_survived_ms),
+                    ms(p.shortest_failed_ms),
                     p.elapsed_ms as f64 / 1000.0
                 ))
             });
