@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod sources;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

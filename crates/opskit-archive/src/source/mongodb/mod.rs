@@ -34,7 +34,7 @@ use opskit_core::Classify as _;
 use opskit_core::secret::read_secret_file;
 
 use super::{
-    Anomalies, ArchivedDoc, DeleteOutcome, PASSWORD_KEY, RangeStats, Record, RecordSink, Source,
+    Anomalies, ArchivedDoc, DeleteOutcome, DeleteTimedOut, PASSWORD_KEY, RangeStats, Record, RecordSink, Source,
 };
 use crate::bounds::MonthBounds;
 
@@ -75,6 +75,10 @@ pub struct MongoSource {
     description: String,
     options: MongoSourceOptions,
     index: Option<DateIndex>,
+    /// "standalone: no replication lag to watch" was logged (once per run).
+    standalone_noted: bool,
+    /// A failed `replSetGetConfig` was reported (once per run).
+    config_warned: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -126,13 +130,21 @@ impl MongoSource {
             description,
             options,
             index: None,
+            standalone_noted: false,
+            config_warned: false,
             runtime,
         })
     }
 
     /// Connects with the `[archive]` settings of the config and default tuning.
+    /// `archive.source_timeout_secs` limits each delete batch (and its lookup of the
+    /// documents kept).
     pub fn from_config(config: &opskit_core::config::ArchiveConfig) -> anyhow::Result<Self> {
-        MongoSource::from_config_with(config, MongoSourceOptions::default())
+        let options = MongoSourceOptions {
+            delete_timeout: Duration::from_secs(config.source_timeout_secs.get()),
+            ..MongoSourceOptions::default()
+        };
+        MongoSource::from_config_with(config, options)
     }
 
     /// Connects with the `[archive]` settings of the config and the given tuning (batch size,
@@ -392,22 +404,41 @@ impl Source for MongoSource {
             bounds,
             self.options.delete_timeout,
         )?;
+        // A time-out of the batch (its deletes or the lookup after them) is typed: the purge
+        // retries the batch smaller.
+        let timed_out = |e: anyhow::Error, description: &str| {
+            if e.chain().any(|c| {
+                c.downcast_ref::<TaskTimedOut>().is_some()
+                    || c.downcast_ref::<mongodb::error::Error>()
+                        .is_some_and(|m| error_code(m) == Some(MAX_TIME_MS_EXPIRED))
+            }) {
+                anyhow::Error::new(DeleteTimedOut {
+                    server: description.to_string(),
+                    documents: docs.len(),
+                    limit,
+                })
+            } else {
+                e
+            }
+        };
         let mut deleted = 0;
         for command in commands {
             let db = self.database();
             let n = command.get_array("deletes").map_or(0, Vec::len);
-            let reply = self.run(&format!("delete of {n} documents"), limit, async move {
-                db.run_command(command).await
-            })?;
+            let reply = self
+                .run(&format!("delete of {n} documents"), limit, async move {
+                    db.run_command(command).await
+                })
+                .map_err(|e| timed_out(e, &self.description))?;
             deleted += deleted_count(&reply)
                 .with_context(|| format!("delete of {n} documents on {}", self.description))?;
         }
         let ids: Vec<Bson> = docs.iter().map(|d| d.id.clone()).collect();
         let coll = self.coll.clone();
-        let options = remaining_find_options(self.options.command_timeout);
+        let options = remaining_find_options(self.options.delete_timeout);
         let present = self.run(
             "looking up the documents kept",
-            self.options.command_timeout + Duration::from_secs(5),
+            limit,
             async move {
                 let mut cursor = coll
                     .find(remaining_filter(&ids))
@@ -419,7 +450,8 @@ impl Source for MongoSource {
                 }
                 Ok(n)
             },
-        )?;
+        )
+        .map_err(|e| timed_out(e, &self.description))?;
         let n = docs.len() as u64;
         if deleted > n {
             bail!("the delete of {n} documents reported {deleted} deleted: stopping");
@@ -448,6 +480,10 @@ impl Source for MongoSource {
             },
         )?;
         let Some(status) = status else {
+            if !self.standalone_noted {
+                self.standalone_noted = true;
+                tracing::info!("standalone: no replication lag to watch");
+            }
             return Ok(None);
         };
         let admin = self.client.database("admin");
@@ -459,7 +495,14 @@ impl Source for MongoSource {
         let delayed = match config {
             Ok(config) => delayed_members(&config),
             Err(e) => {
-                tracing::warn!("{e:#}; delayed members (if any) count towards the replication lag");
+                if !self.config_warned {
+                    self.config_warned = true;
+                    tracing::warn!(
+                        "replSetGetConfig on {} failed ({}); delayed members (if any) count towards the replication lag",
+                        self.description,
+                        short_error(&e)
+                    );
+                }
                 Vec::new()
             }
         };
@@ -509,6 +552,8 @@ impl Source for MongoSource {
 
 /// Server error code of `replSetGetStatus` on a standalone.
 const NO_REPLICATION_ENABLED: i32 = 76;
+/// Server error code of an operation that exceeded its `maxTimeMS`.
+const MAX_TIME_MS_EXPIRED: i32 = 50;
 /// Server error code for a missing collection.
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
@@ -517,6 +562,26 @@ fn error_code(e: &mongodb::error::Error) -> Option<i32> {
         mongodb::error::ErrorKind::Command(c) => Some(c.code),
         _ => None,
     }
+}
+
+/// A one-line account of a failed command: `code 59 (CommandNotFound): no such command`
+/// for a server error, else the first line of the message, cut at 160 characters (never a
+/// raw reply dump).
+fn short_error(e: &anyhow::Error) -> String {
+    for cause in e.chain() {
+        if let Some(m) = cause.downcast_ref::<mongodb::error::Error>()
+            && let mongodb::error::ErrorKind::Command(c) = m.kind.as_ref()
+        {
+            return format!("code {} ({}): {}", c.code, c.code_name, c.message);
+        }
+    }
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(160).collect();
+    if out.len() < line.len() {
+        out.push('…');
+    }
+    out
 }
 
 fn is_namespace_not_found(e: &anyhow::Error) -> bool {
@@ -541,13 +606,25 @@ where
     let handle = runtime.spawn(fut);
     runtime.block_on(async move {
         match tokio::time::timeout(limit, handle).await {
-            Err(_) => Err(anyhow!("no answer within {limit:?}")),
+            Err(_) => Err(anyhow::Error::new(TaskTimedOut(limit))),
             Ok(Err(join)) => Err(anyhow!("the driver task failed: {join}")),
             Ok(Ok(Err(e))) => Err(anyhow::Error::new(e)),
             Ok(Ok(Ok(value))) => Ok(value),
         }
     })
 }
+
+/// A driver task that did not finish within its limit.
+#[derive(Debug)]
+struct TaskTimedOut(Duration);
+
+impl std::fmt::Display for TaskTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for TaskTimedOut {}
 
 /// Sets the password (into the credential whose user the URI names), the app name and the
 /// connection time limits.
