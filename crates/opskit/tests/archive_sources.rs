@@ -61,7 +61,10 @@ fn plan_run_verify_restore_rerun_and_bad_dates_stay(backend: Backend) {
             1,
             "{log}"
         );
-        assert!(!log.contains("WARN"), "a standalone server is normal: {log}");
+        assert!(
+            !log.lines().any(|l| l.contains("WARN") && l.contains("repl")),
+            "a standalone server is normal: {log}"
+        );
     }
 
     let again = rig.run();
@@ -186,14 +189,14 @@ on_both_sources!(
 );
 
 /// SecantusDB answers a `delete` of thousands of ids slowly (MongoDB does not; see the
-/// runbook): the month's first batch (5,000 allowed, the month's 2,000 documents sent) gets no
+/// runbook): the month's first batch (5,000 allowed, the month's 1,000 documents sent) gets no
 /// answer within the limit — which used to stop the run — and is retried smaller; the
 /// adapted batches complete the month.
 #[test]
 fn secantusdb_slow_large_deletes_a_5000_batch_that_times_out_is_retried_smaller_and_completes() {
-    const MONTH_ROWS: u64 = 2000;
+    const MONTH_ROWS: u64 = 1000;
     let mut rig = SourceRig::new(Backend::Mongodb, MONTH_ROWS, 5000, |c| {
-        // One second (plus the adapter's 5 s of slack) for each delete batch.
+        // One second (plus as much slack for the server's own time-out) for each delete batch.
         c.archive.source_timeout_secs = Positive::new(1);
     });
     rig.config.archive.purge.min_batch_size = Positive::new(10);
@@ -202,14 +205,14 @@ fn secantusdb_slow_large_deletes_a_5000_batch_that_times_out_is_retried_smaller_
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(
-        log.contains("deleting a batch of 2000 documents") && log.contains("retrying it as batches of"),
+        log.contains("deleting a batch of 1000 documents") && log.contains("retrying it as batches of"),
         "{log}"
     );
     rig.assert_month_archived();
     assert!(rig.metric("purge_batch_retries").unwrap() >= 1.0);
     let size = rig.metric("purge_batch_size").unwrap();
     assert!(
-        (10.0..2000.0).contains(&size),
+        (10.0..1000.0).contains(&size),
         "the batch in use adapted: {size}"
     );
     let deleted = rig.metric("documents_deleted").unwrap();

@@ -396,7 +396,10 @@ impl Source for MongoSource {
         if docs.is_empty() {
             return Ok(DeleteOutcome::default());
         }
-        let limit = self.options.delete_timeout + Duration::from_secs(5);
+        // Slack for the server's own `wtimeout`/`maxTimeMS` to answer first (at most 5 s, and
+        // no more than the limit itself, so a short limit stays short).
+        let limit = self.options.delete_timeout
+            + self.options.delete_timeout.min(Duration::from_secs(5));
         let commands = delete_commands(
             self.coll.name(),
             docs,
