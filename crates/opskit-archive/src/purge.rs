@@ -178,6 +178,9 @@ fn purge(
     let pause = Duration::from_millis(job.config.purge.pause_ms);
     let mut sizer = BatchSizer::from_config(&job.config.purge);
     let (mut smallest, mut largest, mut retries) = (usize::MAX, 0usize, 0u64);
+    // Both written by every purge (0 retries included), so dashboards always see them.
+    cx.gauge("purge_batch_size", sizer.size() as f64);
+    cx.count("purge_batch_retries", 0.0);
     let mut reader = documents_of(file);
     let mut progress = cx.progress("purge", Some(m.count), "docs");
     progress.set_message(&batch_label(sizer.size()));
