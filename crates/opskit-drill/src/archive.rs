@@ -277,6 +277,8 @@ fn dry_run(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
 
 fn sftp_down(opskit: &Opskit, rig: &Rig, state: &LabState) -> anyhow::Result<String> {
     let before = rig.webhook.received()?.len();
+    // Read lab.json again: an earlier pass restarted sshd under another pid.
+    let state = &LabState::load(&state.dir)?;
     for r in state.of_kind(Component::Sshd.name()) {
         opskit_lab::daemon::stop(&r.identity(), Duration::from_secs(5))?;
     }
