@@ -36,21 +36,25 @@ BACKUP=$(python3 -c 'import json,sys
 d=json.load(open(sys.argv[1]))
 for s in d["servers"]:
     if s["kind"]=="sshd": print(s["details"]["backup_dir"])' "$LAB/lab.json")
+# Optional: PURGE_FIRST (archive.purge.batch_size, the first batch), SOURCES ("mariadb mongodb").
+[[ -n ${PURGE_FIRST:-} ]] && sed -i "s/^batch_size = .*/batch_size = $PURGE_FIRST/" "$LAB/opskit.toml"
 sed "s#^source_uri = .*#source_uri = \"$MONGO_URI\"#" "$LAB/opskit.toml" > "$LAB/opskit-mongodb.toml"
 
 metric() { awk -v m="opskit_archive_$1" '$1 ~ "^"m"[{]" {print $2}' "$METRICS/opskit_archive.prom"; }
 
 for rows in $ROWS_LIST; do
   "$OPSKIT" lab seed --dir "$LAB" --rows "$rows" >/dev/null
-  for src in mariadb mongodb; do
+  for src in ${SOURCES:-mariadb mongodb}; do
     cfg=$LAB/opskit.toml; [[ $src == mongodb ]] && cfg=$LAB/opskit-mongodb.toml
     rm -rf "$STATE" "$STAGING" "$BACKUP"/*; mkdir -p "$STAGING"
     start=$(date +%s.%N)
-    /usr/bin/time -f "%M" -o "$LAB/rss" "$OPSKIT" --config "$cfg" archive run --month 2024-01 \
+    /usr/bin/time -f "%M" -o "$LAB/rss" "$OPSKIT" --config "$cfg" -v archive run --month 2024-01 \
       > "$LAB/run-$src-$rows.out" 2> "$LAB/run-$src-$rows.err"
     end=$(date +%s.%N)
     wall=$(echo "$end - $start" | bc)
     sizes=$(grep -o 'purge done in [^)]*)' "$LAB/run-$src-$rows.err" | tail -1)
-    log "$src rows=$rows wall=${wall}s docs_per_s=$(echo "$rows / $wall" | bc) rss_kb=$(cat "$LAB/rss") export=$(metric export_seconds)s upload=$(metric upload_seconds)s verify=$(metric verify_seconds)s purge=$(metric purge_seconds)s deleted=$(metric documents_deleted) batch_end=$(metric purge_batch_size) retries=$(metric purge_batch_retries) [$sizes]"
+    # The batch sizes in order, repeats collapsed: "5000 21 42 84 …".
+    chosen=$(grep -o 'next batch [0-9]*' "$LAB/run-$src-$rows.err" | awk '{print $3}' | uniq | tr '\n' ' ')
+    log "$src rows=$rows wall=${wall}s docs_per_s=$(echo "$rows / $wall" | bc) rss_kb=$(cat "$LAB/rss") export=$(metric export_seconds)s upload=$(metric upload_seconds)s verify=$(metric verify_seconds)s purge=$(metric purge_seconds)s deleted=$(metric documents_deleted) batch_end=$(metric purge_batch_size) retries=$(metric purge_batch_retries) [$sizes] sizes: ${chosen:-unchanged}"
   done
 done

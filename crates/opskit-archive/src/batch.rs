@@ -10,8 +10,8 @@
 //!   allows for the target, and at most half. A batch of `min_batch_size` that times out has
 //!   nowhere to go: the run fails (resumable).
 //!
-//! Only full batches teach the controller anything: the month's last, shorter batch is fast
-//! because it is small.
+//! A short batch (the month's last one) never grows the next one — it is fast because it is
+//! small — but a short batch that is slow still shrinks it.
 
 use std::time::Duration;
 
@@ -76,12 +76,13 @@ impl BatchSizer {
 
     /// A batch of `n` documents was deleted in `took`; adapts the next size.
     pub fn finished(&mut self, n: usize, took: Duration) -> Change {
-        if n < self.size || n == 0 {
+        if n == 0 {
             return Change::Kept;
         }
         let secs = took.as_secs_f64();
         let target = self.target.as_secs_f64();
-        if secs < target / 2.0 {
+        let short = n < self.size;
+        if secs < target / 2.0 && !short {
             self.set((self.size.saturating_mul(2)).min(self.max))
         } else if secs > target {
             let rate_fit = (n as f64 * target / secs).floor() as usize;
@@ -152,11 +153,12 @@ mod tests {
     }
 
     #[test]
-    fn a_short_last_batch_teaches_nothing() {
+    fn a_short_batch_never_grows_the_next_but_a_slow_one_shrinks_it() {
         let mut s = BatchSizer::new(1000, 10, 100_000, ms(500));
         assert_eq!(s.finished(3, ms(1)), Change::Kept);
-        assert_eq!(s.finished(3, ms(60_000)), Change::Kept);
         assert_eq!(s.size(), 1000);
+        // 400 documents in 4 s: 100/s, 50 for the target.
+        assert_eq!(s.finished(400, ms(4000)), Change::Shrank(50));
     }
 
     #[test]
