@@ -98,8 +98,8 @@ impl BatchSizer {
         if n <= self.min {
             return None;
         }
-        let rate_fit = (n as f64 * self.target.as_secs_f64() / limit.as_secs_f64().max(1e-3))
-            .floor() as usize;
+        let rate_fit =
+            (n as f64 * self.target.as_secs_f64() / limit.as_secs_f64().max(1e-3)).floor() as usize;
         self.size = (n / 2).min(rate_fit).max(self.min);
         Some(self.size)
     }

@@ -312,7 +312,8 @@ fn purge(
             }
         }
         cx.gauge("purge_batch_size", sizer.size() as f64);
-        if !pause.is_zero() && !(end && pending.is_empty()) {
+        let last = end && pending.is_empty();
+        if !pause.is_zero() && !last {
             std::thread::sleep(pause);
         }
     }

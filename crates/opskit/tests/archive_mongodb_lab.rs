@@ -160,7 +160,8 @@ fn payloads(path: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn item5_on_secantusdb_a_document_changed_after_the_export_stays_and_the_next_late_pass_archives_it() {
+fn item5_on_secantusdb_a_document_changed_after_the_export_stays_and_the_next_late_pass_archives_it()
+ {
     let rig = MongoRig::new(600);
     assert_eq!(rig.january_count(), 600);
     let mut run = rig.paused("purge:batch=1", "4");

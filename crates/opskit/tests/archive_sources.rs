@@ -31,11 +31,16 @@ fn plan_run_verify_restore_rerun_and_bad_dates_stay(backend: Backend) {
     let plan = rig.archive(&["plan", "--month", MONTH]);
     assert_eq!(plan.status.code(), Some(0));
     let text = stdout(&plan);
-    assert!(text.contains(&format!("{ROWS} documents (index ")), "{text}");
+    assert!(
+        text.contains(&format!("{ROWS} documents (index ")),
+        "{text}"
+    );
     // The seed's four bad dates: MariaDB has NULL, unpadded, ISO `T` and ''; SecantusDB has a
     // missing field, a BSON date, unpadded and ISO `T`.
     let anomalies = match backend {
-        Backend::Mysql => "4 documents no month will ever match (missing 1, other type 0, malformed 3)",
+        Backend::Mysql => {
+            "4 documents no month will ever match (missing 1, other type 0, malformed 3)"
+        }
         Backend::Mongodb => {
             "4 documents no month will ever match (missing 1, other type 1, malformed 2)"
         }
@@ -57,19 +62,25 @@ fn plan_run_verify_restore_rerun_and_bad_dates_stay(backend: Backend) {
     );
     if backend == Backend::Mongodb {
         assert_eq!(
-            log.matches("standalone: no replication lag to watch").count(),
+            log.matches("standalone: no replication lag to watch")
+                .count(),
             1,
             "{log}"
         );
         assert!(
-            !log.lines().any(|l| l.contains("WARN") && l.contains("repl")),
+            !log.lines()
+                .any(|l| l.contains("WARN") && l.contains("repl")),
             "a standalone server is normal: {log}"
         );
     }
 
     let again = rig.run();
     assert_eq!(again.status.code(), Some(0));
-    assert!(stdout(&again).contains("nothing to do"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("nothing to do"),
+        "{}",
+        stdout(&again)
+    );
 
     let file = rig.local_file();
     let file = file.to_str().unwrap();
@@ -89,7 +100,11 @@ fn plan_run_verify_restore_rerun_and_bad_dates_stay(backend: Backend) {
 fn kill_during_export_then_rerun_loses_nothing(backend: Backend) {
     let rig = rig(backend);
     rig.run_and_kill_at("export:records=1");
-    assert_eq!(rig.january_ids(), rig.month_ids, "an export deletes nothing");
+    assert_eq!(
+        rig.january_ids(),
+        rig.month_ids,
+        "an export deletes nothing"
+    );
     assert!(
         !rig.local_file().exists(),
         "an unfinished export must not look finished"
@@ -205,7 +220,8 @@ fn secantusdb_slow_large_deletes_a_5000_batch_that_times_out_is_retried_smaller_
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(
-        log.contains("deleting a batch of 1000 documents") && log.contains("retrying it as batches of"),
+        log.contains("deleting a batch of 1000 documents")
+            && log.contains("retrying it as batches of"),
         "{log}"
     );
     rig.assert_month_archived();

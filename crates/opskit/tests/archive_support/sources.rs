@@ -310,14 +310,21 @@ impl SourceRig {
     pub fn assert_month_archived(&self) {
         let archived = self.assert_nothing_lost();
         assert!(self.january_ids().is_empty(), "January documents are left");
-        assert_eq!(archived, self.month_ids, "the archive is not exactly January");
+        assert_eq!(
+            archived, self.month_ids,
+            "the archive is not exactly January"
+        );
         let now = self.counts();
         assert_eq!(
             (now.before, now.after, now.anomalies),
             (self.seeded.before, self.seeded.after, self.seeded.anomalies),
             "documents outside the month changed"
         );
-        assert!(!self.remote_file(&format!("{}.uploading", super::FILE)).exists());
+        assert!(
+            !self
+                .remote_file(&format!("{}.uploading", super::FILE))
+                .exists()
+        );
         assert_eq!(
             std::fs::read(self.remote_file(super::FILE)).unwrap(),
             std::fs::read(self.local_file()).unwrap(),
@@ -333,7 +340,10 @@ fn wait_for_pause(child: &mut std::process::Child) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("[child] {line}");
             if line.starts_with("OPSKIT_TEST_PAUSED") {
                 let _ = tx.send(());

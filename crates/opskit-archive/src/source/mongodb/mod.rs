@@ -34,7 +34,8 @@ use opskit_core::Classify as _;
 use opskit_core::secret::read_secret_file;
 
 use super::{
-    Anomalies, ArchivedDoc, DeleteOutcome, DeleteTimedOut, PASSWORD_KEY, RangeStats, Record, RecordSink, Source,
+    Anomalies, ArchivedDoc, DeleteOutcome, DeleteTimedOut, PASSWORD_KEY, RangeStats, Record,
+    RecordSink, Source,
 };
 use crate::bounds::MonthBounds;
 
@@ -398,8 +399,8 @@ impl Source for MongoSource {
         }
         // Slack for the server's own `wtimeout`/`maxTimeMS` to answer first (at most 5 s, and
         // no more than the limit itself, so a short limit stays short).
-        let limit = self.options.delete_timeout
-            + self.options.delete_timeout.min(Duration::from_secs(5));
+        let limit =
+            self.options.delete_timeout + self.options.delete_timeout.min(Duration::from_secs(5));
         let commands = delete_commands(
             self.coll.name(),
             docs,
@@ -439,10 +440,8 @@ impl Source for MongoSource {
         let ids: Vec<Bson> = docs.iter().map(|d| d.id.clone()).collect();
         let coll = self.coll.clone();
         let options = remaining_find_options(self.options.delete_timeout);
-        let present = self.run(
-            "looking up the documents kept",
-            limit,
-            async move {
+        let present = self
+            .run("looking up the documents kept", limit, async move {
                 let mut cursor = coll
                     .find(remaining_filter(&ids))
                     .with_options(options)
@@ -452,9 +451,8 @@ impl Source for MongoSource {
                     n += 1;
                 }
                 Ok(n)
-            },
-        )
-        .map_err(|e| timed_out(e, &self.description))?;
+            })
+            .map_err(|e| timed_out(e, &self.description))?;
         let n = docs.len() as u64;
         if deleted > n {
             bail!("the delete of {n} documents reported {deleted} deleted: stopping");
