@@ -123,3 +123,22 @@ fn uris_are_redacted_in_messages() {
     assert_eq!(redact_uri("mongodb://u:p@h"), "mongodb://h");
     assert_eq!(redact_uri("nonsense"), "(unparsable URI)");
 }
+
+#[test]
+fn a_failed_command_is_reported_in_one_short_line() {
+    let raw = anyhow::anyhow!("{}\n00 01 02 03 04 05", "x".repeat(300)).context("replSetGetConfig");
+    let line = short_error(&raw);
+    assert!(line.starts_with("replSetGetConfig"), "{line}");
+    assert!(
+        !line.contains('\n') && line.chars().count() <= 161,
+        "{line}"
+    );
+    let long = anyhow::anyhow!("{}\n00 01 02", "y".repeat(300));
+    let line = short_error(&long);
+    assert_eq!(
+        line.chars().count(),
+        161,
+        "cut at 160 characters and marked"
+    );
+    assert!(line.ends_with('…') && !line.contains("00 01"));
+}
