@@ -80,6 +80,8 @@ sections! {
     Firewall("firewall") => firewall::FirewallDrill,
     /// Spec §4: the MySQL switchover under load and back, on five MariaDB, HAProxy and BIND.
     Mysql("mysql") => mysql::MysqlDrill,
+    /// Spec §5: "gone away" reproduced with PHP PDO through HAProxy, diagnosed and probed.
+    Doctor("doctor") => doctor::DoctorDrill,
 }
 
 impl std::str::FromStr for SectionId {
@@ -194,7 +196,7 @@ mod tests {
     fn sections_are_named_and_selected_in_run_order() {
         assert_eq!(
             SectionId::ALL.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            ["archive", "nginx", "firewall", "mysql"]
+            ["archive", "nginx", "firewall", "mysql", "doctor"]
         );
         let opts = DrillOptions {
             lab_dir: "/tmp/x".into(),
@@ -207,7 +209,7 @@ mod tests {
             "mongodb"
                 .parse::<SectionId>()
                 .unwrap_err()
-                .contains("archive, nginx, firewall, mysql")
+                .contains("archive, nginx, firewall, mysql, doctor")
         );
     }
 }

@@ -53,6 +53,7 @@
 pub mod components;
 pub mod daemon;
 pub mod lab;
+pub mod pdo;
 pub mod seed;
 pub mod state;
 pub mod webhook;
@@ -60,7 +61,7 @@ pub mod webhook;
 pub use components::Component;
 pub use components::bind::BindLab;
 pub use components::firewall::FirewallLab;
-pub use components::haproxy::{HaproxyLab, PoolMember};
+pub use components::haproxy::{HaproxyLab, HaproxyTimers, PoolMember};
 pub use components::mariadb::{MariadbInstance, MariadbServer};
 pub use components::mongodb::MongodbServer;
 pub use components::mysql::{MysqlInstance, MysqlLab};

@@ -21,6 +21,9 @@ use crate::flavor::{Flavor, ServerKind, sql_str};
 use crate::gtid;
 use crate::session::{Credentials, Row, Session};
 
+/// The `runbook` label of the topology metrics (file `opskit_mysql_topology.prom`).
+pub const TOPOLOGY_RUNBOOK: &str = "mysql_topology";
+
 /// A configured server and the address its host resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -581,14 +584,19 @@ impl TopologyReport {
     /// The gauges `opskit mysql topology` writes to `opskit_mysql_topology.prom`:
     /// `opskit_mysql_server_up`, `opskit_mysql_replication_running`,
     /// `opskit_mysql_replica_lag_seconds` (absent when unknown),
-    /// `opskit_mysql_errant_transactions` per server, and `opskit_mysql_topology_differences`.
+    /// `opskit_mysql_errant_transactions` per server, and `opskit_mysql_topology_differences`;
+    /// every sample carries `runbook="mysql_topology"` ([`TOPOLOGY_RUNBOOK`]).
     pub fn gauges(&self) -> Vec<LabelledGauge> {
         let mut out = Vec::new();
-        let g = |name: &str, help: &str, labels: Vec<(String, String)>, value: f64| LabelledGauge {
-            name: name.into(),
-            help: help.into(),
-            labels,
-            value,
+        let g = |name: &str, help: &str, labels: Vec<(String, String)>, value: f64| {
+            let mut all = vec![("runbook".to_string(), TOPOLOGY_RUNBOOK.to_string())];
+            all.extend(labels);
+            LabelledGauge {
+                name: name.into(),
+                help: help.into(),
+                labels: all,
+                value,
+            }
         };
         for s in &self.servers {
             let server = vec![("server".to_string(), s.name.clone())];

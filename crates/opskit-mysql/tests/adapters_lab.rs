@@ -158,12 +158,12 @@ fn dns_haproxy_and_topology_adapters_against_the_lab() {
     let text = opskit_core::metrics::render_gauges(&r.gauges());
     assert!(
         text.contains(
-            "opskit_mysql_replication_running{server=\"Slave_04\",source=\"Slave_02\"} 0"
+            "opskit_mysql_replication_running{runbook=\"mysql_topology\",server=\"Slave_04\",source=\"Slave_02\"} 0"
         ),
         "{text}"
     );
     assert!(
-        text.contains("opskit_mysql_replica_lag_seconds{server=\"Slave_01\",source=\"Master\"} 0"),
+        text.contains("opskit_mysql_replica_lag_seconds{runbook=\"mysql_topology\",server=\"Slave_01\",source=\"Master\"} 0"),
         "{text}"
     );
     mysql.sql("Slave_04", "START SLAVE SQL_THREAD").unwrap();

@@ -363,6 +363,31 @@ fn item11_secrets_and_paths_are_checked_like_the_run_does_and_sessions_against_m
     assert!(!stderr(&out).contains("s3cret"));
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(config_check(&rig, &with_pw).status.code(), Some(0));
+    // Only the archive needs the file: a host that runs the other runbooks from the same
+    // config does not hold it, and their commands work; the archive's refuse (exit 2).
+    std::fs::remove_file(&pw).unwrap();
+    let shared = rig.dir.path().join("shared.toml");
+    std::fs::write(&shared, &with_pw).unwrap();
+    let opskit_with = |args: &[&str]| {
+        run_logged(
+            Command::new(opskit_bin())
+                .env_remove("OPSKIT_CONFIG")
+                .arg("--config")
+                .arg(&shared)
+                .args(args),
+            args,
+        )
+    };
+    let out = opskit_with(&["firewall", "render"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = opskit_with(&["archive", "plan", "--month", MONTH]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("archive.source_password_file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(config_check(&rig, &with_pw).status.code(), Some(2));
 
     // A state directory that is not UTF-8: exit 2, nothing written anywhere.
     let weird = std::ffi::OsStr::from_bytes(b"/tmp/opskit-st\xffate");

@@ -148,7 +148,7 @@ fn faults_abort_safely_and_dry_run_changes_nothing() {
     .unwrap();
     assert!(
         prom.contains(
-            "opskit_mysql_replica_lag_seconds{server=\"Slave_03\",source=\"Slave_01\"} 0"
+            "opskit_mysql_replica_lag_seconds{runbook=\"mysql_topology\",server=\"Slave_03\",source=\"Slave_01\"} 0"
         ),
         "{prom}"
     );

@@ -251,6 +251,8 @@ fn the_rpm_holds_every_file_with_its_owner_mode_and_flags() {
         ("/usr/lib/systemd/system/opskit-archive.timer", f),
         ("/usr/lib/systemd/system/opskit-nginx-probe.service", f),
         ("/usr/lib/systemd/system/opskit-nginx-probe.timer", f),
+        ("/usr/lib/systemd/system/opskit-mysql-topology.service", f),
+        ("/usr/lib/systemd/system/opskit-mysql-topology.timer", f),
         ("/usr/lib/tmpfiles.d/opskit.conf", f),
         ("/usr/libexec/opskit", d),
         ("/usr/libexec/opskit/user_logs_archive.sh", x),
@@ -354,7 +356,7 @@ fn the_rpm_requires_only_what_rocky_8_provides() {
         "{scripts}"
     );
     assert!(
-        scripts.contains("disable --now opskit-archive.timer opskit-nginx-probe.timer"),
+        scripts.contains("disable --now opskit-archive.timer opskit-nginx-probe.timer opskit-mysql-topology.timer"),
         "{scripts}"
     );
 }

@@ -140,7 +140,24 @@ impl Config {
         Ok(config)
     }
 
-    /// Cross-field validation of every section.
+    /// Checks the secret files a runbook reads (today the archive's password file) as it
+    /// reads them; `source` names the config file in the error. Called by `config check` and
+    /// the commands of the runbook that reads them, not by [`Config::parse`].
+    pub fn check_secrets(&self, source: &ConfigSource) -> Result<(), ConfigError> {
+        self.archive
+            .check_secrets()
+            .map_err(|(key, reason)| ConfigError {
+                file: match source {
+                    ConfigSource::File(p) => Some(p.clone()),
+                    ConfigSource::Defaults => None,
+                },
+                line: None,
+                key: Some(key),
+                reason,
+            })
+    }
+
+    /// Cross-field validation of every section (reads no file: see [`Config::check_secrets`]).
     pub fn check(&self) -> Result<(), (String, String)> {
         self.archive.check()?;
         self.nginx.check()?;

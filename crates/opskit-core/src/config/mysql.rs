@@ -207,6 +207,122 @@ impl Default for MysqlHaproxyConfig {
     }
 }
 
+/// `mysql://user@host:port` with no password (passwords come from a 0600 file): a replica the
+/// doctor asks or the path `probe-idle` measures.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MysqlDsn {
+    /// The user, when the DSN names one.
+    pub user: Option<String>,
+    /// Host name or address.
+    pub host: String,
+    /// Port (3306 when not written).
+    pub port: u16,
+}
+
+impl TryFrom<String> for MysqlDsn {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("mysql://")
+            .unwrap_or(&s)
+            .trim_end_matches('/');
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((u, _)) if u.contains(':') => {
+                return Err(format!(
+                    "`{s}`: a DSN carries no password (it is read from the configured password file)"
+                ));
+            }
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{s}`: `{p}` is not a port from 1 to 65535"))?,
+            ),
+            None => (hostport, 3306),
+        };
+        host.parse::<ServerHost>()
+            .map_err(|e| format!("`{s}`: expected mysql://user@host:port ({e})"))?;
+        let ok = |c: char| c.is_ascii_alphanumeric() || "-._".contains(c);
+        if user
+            .as_deref()
+            .is_some_and(|u| u.is_empty() || !u.chars().all(ok))
+        {
+            return Err(format!(
+                "`{s}`: the user has characters outside [A-Za-z0-9._-]"
+            ));
+        }
+        Ok(MysqlDsn {
+            user,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl FromStr for MysqlDsn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::try_from(s.to_string())
+    }
+}
+
+impl From<MysqlDsn> for String {
+    fn from(v: MysqlDsn) -> String {
+        v.to_string()
+    }
+}
+
+impl fmt::Display for MysqlDsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(u) => write!(f, "mysql://{u}@{}:{}", self.host, self.port),
+            None => write!(f, "mysql://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// `[mysql.doctor]`: where `opskit mysql doctor` and `probe-idle` look by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MysqlDoctorConfig {
+    /// HAProxy logs (tcplog; plain, rotated or `.gz`), read in full.
+    pub haproxy_logs: Vec<AbsPath>,
+    /// The replicas' MySQL/MariaDB error logs.
+    pub mysql_error_logs: Vec<AbsPath>,
+    /// The replicas to ask; empty: every server of `mysql.servers` that replicates, as
+    /// `admin_user`.
+    pub replicas: Vec<MysqlDsn>,
+    /// The path `probe-idle` measures (HAProxy's frontend); unset:
+    /// `mysql://<admin_user>@<read_dns_name>:3306`.
+    pub probe_dsn: Option<MysqlDsn>,
+    /// A 0600 file with the password of the DSNs' user; unset: `mysql.admin_password_file`.
+    pub password_file: Option<AbsPath>,
+    /// The application's longest idle between two queries on one handle (`--app-idle`).
+    pub app_idle_secs: Option<Positive>,
+    /// The longest idle `probe-idle` tries (`--max`).
+    pub probe_max_secs: Positive,
+}
+
+impl Default for MysqlDoctorConfig {
+    fn default() -> Self {
+        MysqlDoctorConfig {
+            haproxy_logs: vec!["/var/log/haproxy.log".parse().expect("valid default")],
+            mysql_error_logs: Vec::new(),
+            replicas: Vec::new(),
+            probe_dsn: None,
+            password_file: None,
+            app_idle_secs: None,
+            probe_max_secs: Positive::new(120),
+        }
+    }
+}
+
 /// The MySQL topology, the names applications use and how a switchover reaches them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -243,6 +359,8 @@ pub struct MysqlConfig {
     pub dns: MysqlDnsConfig,
     /// The read pool.
     pub haproxy: MysqlHaproxyConfig,
+    /// Defaults of `opskit mysql doctor` and `probe-idle`.
+    pub doctor: MysqlDoctorConfig,
     /// Every server of the topology.
     pub servers: Vec<MysqlServer>,
 }
@@ -274,6 +392,7 @@ impl Default for MysqlConfig {
             marker_schema: "opskit".parse().expect("valid default"),
             dns: MysqlDnsConfig::default(),
             haproxy: MysqlHaproxyConfig::default(),
+            doctor: MysqlDoctorConfig::default(),
             servers: vec![
                 s("Master", "mysql-00.ipo.com", None),
                 s("Slave_01", "mysql-01.ipo.com", Some("Master")),
@@ -420,6 +539,16 @@ mod tests {
                 2,
             ),
             ("[mysql]\npromote = \"Slave_09\"\n", "mysql.promote", 2),
+            (
+                "[mysql.doctor]\nprobe_dsn = \"mysql://app:pw@h:3306\"\n",
+                "mysql.doctor.probe_dsn",
+                2,
+            ),
+            (
+                "[mysql.doctor]\nreplicas = [\"mysql://u@h:0\"]\n",
+                "mysql.doctor.replicas",
+                2,
+            ),
         ];
         for (text, key, line) in cases {
             let e = Config::parse(text).unwrap_err();

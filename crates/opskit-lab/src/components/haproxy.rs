@@ -171,6 +171,13 @@ impl Server for Haproxy {
         config.mysql.haproxy.config_path = parse(&h.config)?;
         config.mysql.haproxy.read_backend = BACKEND.parse().expect("valid");
         config.mysql.haproxy.binary = HAPROXY.parse().expect("valid");
+        let d = &mut config.mysql.doctor;
+        d.haproxy_logs = vec![parse(&h.log_file)?];
+        d.probe_dsn = Some(
+            format!("mysql://{}@{}:{}", super::mysql::ADMIN_USER, h.address, h.port)
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+        );
         Ok(())
     }
 }
@@ -287,6 +294,99 @@ impl HaproxyLab {
     }
 }
 
+/// The settings the doctor's tests and drill switch to reproduce a cause of "gone away";
+/// [`HaproxyTimers::default`] is what `lab up` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyTimers {
+    /// `timeout client` of `defaults`.
+    pub client: String,
+    /// `timeout server` of `defaults`.
+    pub server: String,
+    /// `timeout tunnel` of `defaults` (none by default).
+    pub tunnel: Option<String>,
+    /// `hard-stop-after` of `global` (none by default).
+    pub hard_stop_after: Option<String>,
+    /// `on-marked-down shutdown-sessions` on the backend's `default-server`.
+    pub shutdown_sessions: bool,
+}
+
+impl Default for HaproxyTimers {
+    fn default() -> Self {
+        HaproxyTimers {
+            client: "1m".into(),
+            server: "1m".into(),
+            tunnel: None,
+            hard_stop_after: None,
+            shutdown_sessions: false,
+        }
+    }
+}
+
+/// `text` with `t` applied: the `defaults` timeouts, `global` hard-stop-after and the
+/// backend's `default-server` on-marked-down (server lines are left as a switchover wrote them).
+fn apply_timers(text: &str, t: &HaproxyTimers) -> String {
+    let mut out = String::new();
+    let mut section = "";
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(' ') && !words.is_empty() {
+            section = match words[0] {
+                "global" => "global",
+                "defaults" => "defaults",
+                "backend" => "backend",
+                _ => "other",
+            };
+        }
+        match (section, words.as_slice()) {
+            ("global", ["hard-stop-after", ..]) | ("defaults", ["timeout", "tunnel", ..]) => {
+                continue;
+            }
+            ("global", ["global"]) => {
+                out.push_str("global\n");
+                if let Some(h) = &t.hard_stop_after {
+                    out.push_str(&format!("    hard-stop-after {h}\n"));
+                }
+                continue;
+            }
+            ("defaults", ["timeout", "client", ..]) => {
+                out.push_str(&format!("    timeout client {}\n", t.client));
+                continue;
+            }
+            ("defaults", ["timeout", "server", ..]) => {
+                out.push_str(&format!("    timeout server {}\n", t.server));
+                if let Some(tun) = &t.tunnel {
+                    out.push_str(&format!("    timeout tunnel {tun}\n"));
+                }
+                continue;
+            }
+            ("backend", ["default-server", ..]) => {
+                let base = line.replace(" on-marked-down shutdown-sessions", "");
+                out.push_str(&base);
+                if t.shutdown_sessions {
+                    out.push_str(" on-marked-down shutdown-sessions");
+                }
+                out.push('\n');
+                continue;
+            }
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+impl HaproxyLab {
+    /// Rewrites `haproxy.cfg` with `timers` and reloads (a fault switch for the doctor's tests
+    /// and drill; `HaproxyTimers::default()` restores what `lab up` wrote).
+    pub fn set_timers(&self, timers: &HaproxyTimers) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        write_file(&self.config, &apply_timers(&text, timers), 0o644)?;
+        self.reload()
+    }
+}
+
 /// One server of the read pool, as the runtime API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolMember {
@@ -311,6 +411,34 @@ impl crate::LabView for HaproxyLab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timers_switch_and_restore_the_written_config() {
+        let text = cfg_text(
+            Path::new("/tmp/l/haproxy/admin.sock"),
+            "127.0.5.10".parse().unwrap(),
+            4000,
+            &[("Slave_01".into(), "127.0.5.12:4000".into())],
+        )
+        .unwrap();
+        let fault = HaproxyTimers {
+            client: "2s".into(),
+            server: "3s".into(),
+            tunnel: Some("4s".into()),
+            hard_stop_after: Some("1s".into()),
+            shutdown_sessions: true,
+        };
+        let changed = apply_timers(&text, &fault);
+        for want in [
+            "global\n    hard-stop-after 1s\n",
+            "    timeout client 2s\n    timeout server 3s\n    timeout tunnel 4s\n",
+            "fall 2 rise 1 on-marked-down shutdown-sessions\n",
+            "    server Slave_01 127.0.5.12:4000 check\n",
+        ] {
+            assert!(changed.contains(want), "{want}\n{changed}");
+        }
+        assert_eq!(apply_timers(&changed, &HaproxyTimers::default()), text);
+    }
 
     #[test]
     fn a_restart_refreshes_ports_and_keeps_the_servers_a_switchover_wrote() {

@@ -186,6 +186,12 @@ impl Server for Mysql {
         m.admin_password_file = abs(&view.admin_password_file)?;
         m.replication_user = REPL_USER.parse().expect("valid");
         m.replication_password_file = abs(&view.replication_password_file)?;
+        // The doctor reads the replicas' error logs (mariadbd writes them to its lab log).
+        m.doctor.mysql_error_logs = records
+            .iter()
+            .filter(|r| TOPOLOGY.iter().any(|(n, _, src)| *n == r.name && src.is_some()))
+            .map(|r| abs(&r.log))
+            .collect::<Result<_>>()?;
         Ok(())
     }
 
@@ -381,6 +387,18 @@ impl MysqlLab {
     /// Runs SQL as root on the server called `name` (see [`MariadbServer::sql`]).
     pub fn sql(&self, name: &str, sql: &str) -> Result<String> {
         self.get(name)?.server.sql(sql)
+    }
+
+    /// A fault switch for the doctor's tests and drill: `SET GLOBAL <assignment>` (e.g.
+    /// `wait_timeout=2`, `max_allowed_packet=16384`) on every replica (the servers with a
+    /// source in spec §4, the ones HAProxy fronts); new connections get the new value.
+    pub fn set_global_on_replicas(&self, assignment: &str) -> Result<()> {
+        for s in self.servers.iter().filter(|s| s.spec_source.is_some()) {
+            s.server
+                .sql(&format!("SET GLOBAL {assignment}"))
+                .with_context(|| format!("SET GLOBAL {assignment} on {}", s.name))?;
+        }
+        Ok(())
     }
 
     /// The application account's password.

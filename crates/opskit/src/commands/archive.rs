@@ -116,6 +116,7 @@ pub struct StatusArgs {
 
 /// Runs `opskit archive`.
 pub fn run(args: ArchiveArgs, app: &App) -> Result<ExitStatus, OpsError> {
+    app.config.check_secrets(&app.source)?;
     match args.command {
         ArchiveCommand::Plan(m) => plan(app, m.month),
         ArchiveCommand::Run(r) if r.dry_run => plan(app, r.month.month),

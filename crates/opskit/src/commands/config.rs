@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use opskit_core::config::Config;
+use opskit_core::config::{Config, ConfigSource};
 use opskit_core::{ExitStatus, OpsError};
 
 use crate::app::App;
@@ -49,10 +49,16 @@ pub fn run(args: ConfigArgs, global: &GlobalArgs) -> Result<ExitStatus, OpsError
         ConfigAction::Check { file } => {
             let source = match file {
                 Some(f) => {
-                    Config::load_file(&f)?;
-                    f.display().to_string()
+                    let config = Config::load_file(&f)?;
+                    let source = ConfigSource::File(f);
+                    config.check_secrets(&source)?;
+                    source
                 }
-                None => App::load(global)?.source.to_string(),
+                None => {
+                    let app = App::load(global)?;
+                    app.config.check_secrets(&app.source)?;
+                    app.source
+                }
             };
             crate::outln!("{source}: OK");
             Ok(ExitStatus::Success)
