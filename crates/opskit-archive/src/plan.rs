@@ -345,8 +345,12 @@ fn add_steps(plan: &mut Plan, job: &ArchiveJob, source: &SharedSource) {
         StepSpec::new(
             "purge",
             format!(
-                "Delete exactly the documents in the verified archive that are unchanged since the export, {} per batch, pausing {} ms between batches",
-                c.purge.batch_size, c.purge.pause_ms
+                "Delete exactly the documents in the verified archive that are unchanged since the export, in batches of {} to start, adapting between {} and {} to take about {} ms each, pausing {} ms between batches",
+                c.purge.batch_size,
+                c.purge.min_batch_size,
+                c.purge.max_batch_size,
+                c.purge.target_batch_ms,
+                c.purge.pause_ms
             ),
         )
         .command(delete_sql)

@@ -7,9 +7,12 @@
 //! from the same descriptor (a file swapped in afterwards is never read). Any difference
 //! fails the step (exit 1, alert) before anything is deleted.
 //!
-//! Progress is checkpointed after every batch. A stop request (SIGINT/SIGTERM) ends the purge
+//! Batches adapt to the server ([`crate::batch`]): they aim at `archive.purge.target_batch_ms`
+//! each, and a batch that times out is retried smaller. Progress is checkpointed after every
+//! batch. A stop request (SIGINT/SIGTERM) ends the purge
 //! at the next batch boundary with the command that resumes it.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,8 +21,9 @@ use anyhow::{Context as _, anyhow, bail};
 use opskit_core::plan::{StepAction, StepContext, StepError, StepResult};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{BatchSizer, Change};
 use crate::job::{ArchiveJob, SharedSource};
-use crate::source::{ArchivedDoc, DeleteOutcome};
+use crate::source::{ArchivedDoc, DeleteOutcome, DeleteTimedOut};
 use crate::staged::{ArchiveManifest, documents_of, sha256_open};
 use crate::testhook::{panic_point, pause_point};
 
@@ -171,27 +175,38 @@ fn purge(
             ck_path.display()
         );
     }
-    let batch_size = job.config.purge.batch_size.get() as usize;
     let pause = Duration::from_millis(job.config.purge.pause_ms);
+    let mut sizer = BatchSizer::from_config(&job.config.purge);
+    let (mut smallest, mut largest, mut retries) = (usize::MAX, 0usize, 0u64);
+    // Both written by every purge (0 retries included), so dashboards always see them.
+    cx.gauge("purge_batch_size", sizer.size() as f64);
+    cx.count("purge_batch_retries", 0.0);
     let mut reader = documents_of(file);
     let mut progress = cx.progress("purge", Some(m.count), "docs");
+    progress.set_message(&batch_label(sizer.size()));
     progress.inc(ck.sent);
-    let mut batch: Vec<ArchivedDoc> = Vec::with_capacity(batch_size);
+    // Read ahead from the archive; a batch is the front of it, removed once deleted (a
+    // timed-out batch stays and is retried smaller).
+    let mut pending: VecDeque<ArchivedDoc> = VecDeque::new();
     let mut position = 0u64;
+    let mut end = false;
     let mut now = DeleteOutcome::default();
     loop {
-        let doc = reader.next_document().with_context(|| {
-            format!("reading documents back from {}", job.local_path().display())
-        })?;
-        let end = doc.is_none();
-        if let Some(doc) = doc {
+        while !end && pending.len() < sizer.size() {
+            let doc = reader.next_document().with_context(|| {
+                format!("reading documents back from {}", job.local_path().display())
+            })?;
+            let Some(doc) = doc else {
+                end = true;
+                break;
+            };
             position += 1;
             if position > ck.sent {
                 let id = doc
                     .get(&m.id_field)
                     .with_context(|| format!("document {position}: reading `{}`", m.id_field))?
                     .with_context(|| format!("document {position} has no `{}`", m.id_field))?;
-                batch.push(ArchivedDoc {
+                pending.push_back(ArchivedDoc {
                     id: id.to_raw_bson().try_into().map_err(|e| {
                         anyhow!(
                             "document {position}: `{}` is not a valid id: {e}",
@@ -202,68 +217,104 @@ fn purge(
                 });
             }
         }
-        if batch.len() >= batch_size || (end && !batch.is_empty()) {
-            let number = ck.batches + 1;
-            opskit_core::interrupt::check(
-                || {
-                    format!(
-                        "before purge batch {number}: {} of {} documents done ({} deleted)",
-                        ck.sent, m.count, ck.deleted
-                    )
-                },
-                || {
-                    format!(
-                        "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
-                        job.bounds.month
-                    )
-                },
-            )?;
-            pause_point("purge", "batch", number);
-            panic_point("purge", "batch", number);
-            wait_for_lag(job, source)?;
-            let n = batch.len() as u64;
-            let o = source
-                .get()?
-                .delete_archived(&batch, &job.bounds)
-                .with_context(|| format!("deleting batch {number} ({n} documents)"))?;
-            if o.total() != n {
-                bail!(
-                    "batch {number}: {n} documents sent but {} deleted, {} changed and {} gone reported: stopping",
-                    o.deleted,
-                    o.changed,
-                    o.gone
-                );
-            }
-            pause_point("purge", "deleted", number);
-            if o.changed > 0 {
+        if pending.is_empty() {
+            break;
+        }
+        let n = sizer.size().min(pending.len());
+        let number = ck.batches + 1;
+        opskit_core::interrupt::check(
+            || {
+                format!(
+                    "before purge batch {number}: {} of {} documents done ({} deleted)",
+                    ck.sent, m.count, ck.deleted
+                )
+            },
+            || {
+                format!(
+                    "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
+                    job.bounds.month
+                )
+            },
+        )?;
+        pause_point("purge", "batch", number);
+        panic_point("purge", "batch", number);
+        wait_for_lag(job, source)?;
+        let batch = &pending.make_contiguous()[..n];
+        let started_batch = Instant::now();
+        let result = source.get()?.delete_archived(batch, &job.bounds);
+        let took = started_batch.elapsed();
+        let o = match result {
+            Ok(o) => o,
+            Err(e) => {
+                let Some(t) = DeleteTimedOut::find(&e) else {
+                    return Err(e.context(format!("deleting batch {number} ({n} documents)")));
+                };
+                let Some(next) = sizer.timed_out(n, t.limit) else {
+                    return Err(e.context(format!(
+                        "deleting batch {number} ({n} documents, archive.purge.min_batch_size): \
+                         it timed out at the smallest batch allowed; re-run to resume the purge"
+                    )));
+                };
+                retries += 1;
+                cx.count("purge_batch_retries", 1.0);
+                cx.gauge("purge_batch_size", next as f64);
                 tracing::warn!(
                     batch = number,
-                    "{} of {n} archived documents changed since the export and were kept (the next late pass archives their new version)",
-                    o.changed
+                    "{t}: retrying it as batches of {next} (deleting by id is idempotent)"
                 );
+                progress.set_message(&batch_label(next));
+                continue;
             }
-            if o.gone > 0 {
-                tracing::info!(
+        };
+        if o.total() != n as u64 {
+            bail!(
+                "batch {number}: {n} documents sent but {} deleted, {} changed and {} gone reported: stopping",
+                o.deleted,
+                o.changed,
+                o.gone
+            );
+        }
+        pause_point("purge", "deleted", number);
+        if o.changed > 0 {
+            tracing::warn!(
+                batch = number,
+                "{} of {n} archived documents changed since the export and were kept (the next late pass archives their new version)",
+                o.changed
+            );
+        }
+        if o.gone > 0 {
+            tracing::info!(
+                batch = number,
+                "{} of {n} archived documents were already gone (deleted by an earlier, interrupted run or a timed-out attempt)",
+                o.gone
+            );
+        }
+        ck.sent += n as u64;
+        ck.deleted += o.deleted;
+        ck.changed += o.changed;
+        ck.gone += o.gone;
+        ck.batches += 1;
+        ck.save(&ck_path)?;
+        now.add(o);
+        progress.inc(n as u64);
+        pending.drain(..n);
+        smallest = smallest.min(n);
+        largest = largest.max(n);
+        match sizer.finished(n, took) {
+            Change::Kept => {}
+            Change::Grew(next) | Change::Shrank(next) => {
+                tracing::debug!(
                     batch = number,
-                    "{} of {n} archived documents were already gone (deleted by an earlier, interrupted run)",
-                    o.gone
+                    "{n} documents in {took:.2?} (target {:?}): next batch {next}",
+                    sizer.target()
                 );
-            }
-            ck.sent += n;
-            ck.deleted += o.deleted;
-            ck.changed += o.changed;
-            ck.gone += o.gone;
-            ck.batches += 1;
-            ck.save(&ck_path)?;
-            now.add(o);
-            progress.inc(n);
-            batch.clear();
-            if !pause.is_zero() && !end {
-                std::thread::sleep(pause);
+                progress.set_message(&batch_label(next));
             }
         }
-        if end {
-            break;
+        cx.gauge("purge_batch_size", sizer.size() as f64);
+        let last = end && pending.is_empty();
+        if !pause.is_zero() && !last {
+            std::thread::sleep(pause);
         }
     }
     progress.finish();
@@ -275,12 +326,21 @@ fn purge(
         );
     }
     let secs = started.elapsed().as_secs_f64();
+    let sizes = if largest == 0 {
+        "no batch".to_string()
+    } else if smallest == largest {
+        format!("batches of {largest}")
+    } else {
+        format!("batches of {smallest} to {largest}")
+    };
     tracing::info!(
         deleted = ck.deleted,
         changed = ck.changed,
         gone = ck.gone,
         batches = ck.batches,
-        "purge done in {secs:.1}s"
+        retries,
+        "purge done in {secs:.1}s ({sizes}, next {})",
+        sizer.size()
     );
     cx.count("documents_deleted", now.deleted as f64);
     cx.count("documents_changed_since_export", now.changed as f64);
@@ -289,6 +349,11 @@ fn purge(
     cx.count("delete_shortfall", now.changed as f64);
     cx.gauge("purge_seconds", secs);
     Ok(ck)
+}
+
+/// The purge's progress label: `purge (batch 250)`.
+fn batch_label(size: usize) -> String {
+    format!("purge (batch {size})")
 }
 
 /// Waits while the replicas lag more than `max_lag_secs` (doubling pauses up to 30 s),

@@ -18,7 +18,9 @@ use opskit_archive::bounds::MonthBounds;
 use opskit_archive::source::mongodb::{
     MongoSource, MongoSourceOptions, WELL_FORMED_DATE_PATTERN, anomaly_filters,
 };
-use opskit_archive::source::{ArchivedDoc, DeleteOutcome, Record, RecordSink, Source};
+use opskit_archive::source::{
+    ArchivedDoc, DeleteOutcome, DeleteTimedOut, Record, RecordSink, Source,
+};
 use serde_json::{Value, json};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mongo_double.py");
@@ -512,6 +514,34 @@ fn restore_inserts_the_archived_bytes_unordered_and_counts_duplicates_as_present
         .map(|d| ext(bson::Document::try_from(d.as_ref()).unwrap()))
         .collect();
     assert_eq!(insert["documents"], Value::Array(expected));
+}
+
+#[test]
+fn a_delete_without_an_answer_is_a_typed_time_out_and_the_retry_is_answered() {
+    let double = start("stall_delete");
+    let mut source = double.source(MongoSourceOptions {
+        delete_timeout: Duration::from_secs(1),
+        ..fast()
+    });
+    let docs: Vec<ArchivedDoc> = (1..=3_i64)
+        .map(|n| ArchivedDoc {
+            id: Bson::Int64(n),
+            raw: bson::RawDocumentBuf::from_document(
+                &doc! {"_id": n, "create_on": "2024-01-02 00:00:00"},
+            )
+            .unwrap(),
+        })
+        .collect();
+    let started = Instant::now();
+    let err = source.delete_archived(&docs, &january()).unwrap_err();
+    let timed_out = DeleteTimedOut::find(&err).unwrap_or_else(|| panic!("untyped: {err:#}"));
+    assert_eq!(timed_out.documents, 3);
+    // 1 s plus as much slack for the server's own time-out.
+    assert_eq!(timed_out.limit, Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Deleting by id is idempotent: the purge re-sends the batch (smaller); the server answers.
+    let o = source.delete_archived(&docs[..2], &january()).unwrap();
+    assert_eq!(o.total(), 2);
 }
 
 /// Fails on the third record, like a full disk would.

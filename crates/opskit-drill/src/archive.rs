@@ -1,6 +1,8 @@
-//! The archive drill (spec §1) on the lab's MariaDB and SFTP host: seed a month, plan it, prove
-//! that a dry run and a failed upload delete nothing and alert, archive it, verify the upload,
-//! re-run (nothing to do), take a late arrival, and restore.
+//! The archive drill (spec §1) on the lab's SFTP host, once per source: the lab's MariaDB
+//! (`mysql://`) and its MongoDB-compatible server (`mongodb://`; SecantusDB, not MongoDB — its
+//! speed says nothing about MongoDB's, so that pass seeds at most [`MONGODB_ROWS`]). Each pass
+//! seeds a month, plans it, proves that a dry run and a failed upload delete nothing and
+//! alert, archives it, verifies the upload, re-runs (nothing to do), and restores.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use opskit_core::engine::{OutcomeKind, RunSummary};
 use opskit_core::plan::PlanDescription;
 use opskit_lab::lab::LabView;
 use opskit_lab::seed::{SeedCounts, SeedSpec};
-use opskit_lab::{Component, LabState, MariadbServer, SftpServer, WebhookReceiver};
+use opskit_lab::{Component, LabState, MariadbServer, MongodbServer, SftpServer, WebhookReceiver};
 
 use crate::report::{Check, DrillReport};
 use crate::run::Opskit;
@@ -19,6 +21,46 @@ use crate::{DrillContext, Section};
 const RUNBOOK: &str = "archive";
 /// The drilled month; its neighbours are seeded too and must survive.
 const MONTH: &str = "2024-01";
+/// The most documents the `mongodb://` pass seeds: the lab's SecantusDB deletes a few hundred
+/// documents a second.
+pub const MONGODB_ROWS: u64 = 2_000;
+
+/// The source a pass drills.
+enum Db {
+    Mariadb(MariadbServer),
+    Mongodb(MongodbServer),
+}
+
+impl Db {
+    /// The check names' prefix.
+    fn label(&self) -> &'static str {
+        match self {
+            Db::Mariadb(_) => "mysql://",
+            Db::Mongodb(_) => "mongodb:// (SecantusDB)",
+        }
+    }
+
+    fn uri(&self) -> String {
+        match self {
+            Db::Mariadb(db) => db.uri(),
+            Db::Mongodb(db) => db.uri.clone(),
+        }
+    }
+
+    fn seed(&self, spec: &SeedSpec) -> anyhow::Result<SeedCounts> {
+        match self {
+            Db::Mariadb(db) => spec.into_mariadb(db),
+            Db::Mongodb(db) => spec.into_mongodb(db),
+        }
+    }
+
+    fn count(&self, spec: &SeedSpec) -> anyhow::Result<SeedCounts> {
+        match self {
+            Db::Mariadb(db) => spec.count_mariadb(db),
+            Db::Mongodb(db) => spec.count_mongodb(db),
+        }
+    }
+}
 
 /// The drill's data: `rows` in the month, a tenth in each neighbour, four bad dates.
 fn seed(rows: u64) -> anyhow::Result<SeedSpec> {
@@ -48,7 +90,7 @@ type Scenario = fn(&Opskit, &Rig, &LabState) -> anyhow::Result<String>;
 
 /// Everything the archive drill needs from the lab.
 struct Rig {
-    db: MariadbServer,
+    db: Db,
     sftp: SftpServer,
     webhook: WebhookReceiver,
     config: Config,
@@ -56,22 +98,35 @@ struct Rig {
     seeded: SeedCounts,
 }
 
-fn rig(opskit: &Opskit, state: &LabState, rows: u64) -> anyhow::Result<Rig> {
-    let db = MariadbServer::from_state(state)?;
+/// The pass on `db`: the lab config with `archive.source_uri` pointing at it, written next to
+/// the lab's config (the `mysql://` pass uses the lab's config as it is).
+fn rig(opskit: &Opskit, state: &LabState, db: Db, rows: u64) -> anyhow::Result<(Rig, Opskit)> {
     let sftp = SftpServer::from_state(state)?;
     let webhook = WebhookReceiver::from_state(state)?;
-    let config = Config::load_file(opskit.config())?;
+    let mut config = Config::load_file(opskit.config())?;
+    let opskit = if config.archive.source_uri == db.uri() {
+        opskit.with_config(opskit.config())
+    } else {
+        config.archive.source_uri = db.uri();
+        let path = opskit.config().with_file_name("opskit-archive-mongodb.toml");
+        std::fs::write(&path, config.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        opskit.with_config(&path)
+    };
     reset(&config, &sftp)?;
     let spec = seed(rows)?;
-    let seeded = spec.into_mariadb(&db)?;
-    Ok(Rig {
-        db,
-        sftp,
-        webhook,
-        config,
-        spec,
-        seeded,
-    })
+    let seeded = db.seed(&spec)?;
+    Ok((
+        Rig {
+            db,
+            sftp,
+            webhook,
+            config,
+            spec,
+            seeded,
+        },
+        opskit,
+    ))
 }
 
 /// The archive section.
@@ -79,23 +134,55 @@ pub struct ArchiveDrill;
 
 impl Section for ArchiveDrill {
     fn needs(&self) -> &'static [Component] {
-        &[Component::Sshd, Component::Mariadb, Component::Webhook]
+        &[
+            Component::Sshd,
+            Component::Mariadb,
+            Component::Mongodb,
+            Component::Webhook,
+        ]
     }
 
     fn run(&self, cx: &DrillContext, report: &mut DrillReport) {
-        drill(cx.opskit, cx.state, cx.options.rows, report);
+        let rows = cx.options.rows.max(10);
+        match MariadbServer::from_state(cx.state) {
+            Ok(db) => drill(cx.opskit, cx.state, Db::Mariadb(db), rows, report),
+            Err(e) => report.push(Check::new(
+                RUNBOOK,
+                "mysql://: the lab's MariaDB",
+                false,
+                format!("{e:#}"),
+                0.0,
+            )),
+        }
+        match MongodbServer::from_state(cx.state) {
+            Ok(db) => drill(
+                cx.opskit,
+                cx.state,
+                Db::Mongodb(db),
+                rows.min(MONGODB_ROWS),
+                report,
+            ),
+            Err(e) => report.push(Check::new(
+                RUNBOOK,
+                "mongodb://: the lab's MongoDB-compatible server (SecantusDB)",
+                false,
+                format!("{e:#}"),
+                0.0,
+            )),
+        }
     }
 }
 
-/// Runs the archive drill and adds its checks to `report`.
-fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport) {
+/// Runs the archive drill on `db` and adds its checks to `report`.
+fn drill(opskit: &Opskit, state: &LabState, db: Db, rows: u64, report: &mut DrillReport) {
     let clock = Instant::now();
-    let rig = match rig(opskit, state, rows.max(10)) {
+    let label = db.label();
+    let (rig, opskit) = match rig(opskit, state, db, rows) {
         Ok(r) => r,
         Err(e) => {
             report.push(Check::new(
                 RUNBOOK,
-                "seed the lab",
+                &format!("{label}: seed the lab"),
                 false,
                 format!("{e:#}"),
                 0.0,
@@ -103,9 +190,10 @@ fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport)
             return;
         }
     };
+    let opskit = &opskit;
     report.push(Check::new(
         RUNBOOK,
-        "seed test.user_logs",
+        &format!("{label}: seed test.user_logs"),
         rig.seeded == rig.spec.counts(),
         rig.seeded.to_string(),
         clock.elapsed().as_secs_f64(),
@@ -130,7 +218,7 @@ fn drill(opskit: &Opskit, state: &LabState, rows: u64, report: &mut DrillReport)
         let result = f(opskit, &rig, state);
         report.push(Check::new(
             RUNBOOK,
-            name,
+            &format!("{label}: {name}"),
             result.is_ok(),
             match result {
                 Ok(detail) => detail,
@@ -152,7 +240,7 @@ fn expect_code(inv: &crate::run::Invocation, want: i32, what: &str) -> anyhow::R
 }
 
 fn unchanged(rig: &Rig) -> anyhow::Result<()> {
-    let now = rig.spec.count_mariadb(&rig.db)?;
+    let now = rig.db.count(&rig.spec)?;
     anyhow::ensure!(
         now == rig.seeded,
         "rows changed: seeded {}, now {now}",
@@ -189,6 +277,8 @@ fn dry_run(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
 
 fn sftp_down(opskit: &Opskit, rig: &Rig, state: &LabState) -> anyhow::Result<String> {
     let before = rig.webhook.received()?.len();
+    // Read lab.json again: an earlier pass restarted sshd under another pid.
+    let state = &LabState::load(&state.dir)?;
     for r in state.of_kind(Component::Sshd.name()) {
         opskit_lab::daemon::stop(&r.identity(), Duration::from_secs(5))?;
     }
@@ -241,7 +331,7 @@ fn staged_file(opskit: &Opskit) -> anyhow::Result<std::path::PathBuf> {
 fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
     let inv = opskit.run(&["--output", "json", "archive", "run", "--month", MONTH])?;
     expect_code(&inv, 0, "archive run")?;
-    let now = rig.spec.count_mariadb(&rig.db)?;
+    let now = rig.db.count(&rig.spec)?;
     anyhow::ensure!(now.month == 0, "{} rows of {MONTH} remain", now.month);
     anyhow::ensure!(
         now.before == rig.seeded.before
@@ -317,7 +407,7 @@ fn restore(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String> {
         &rig.db.uri(),
     ])?;
     expect_code(&inv, 0, "archive restore")?;
-    let now = rig.spec.count_mariadb(&rig.db)?;
+    let now = rig.db.count(&rig.spec)?;
     anyhow::ensure!(
         now == rig.seeded,
         "after restore {now}, seeded {}",

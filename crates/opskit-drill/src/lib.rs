@@ -71,7 +71,8 @@ macro_rules! sections {
 }
 
 sections! {
-    /// Spec §1: the monthly archive on the lab's MariaDB and SFTP host.
+    /// Spec §1: the monthly archive on the lab's SFTP host, from its MariaDB and from its
+    /// MongoDB-compatible server (SecantusDB).
     Archive("archive") => archive::ArchiveDrill,
     /// Spec §2: the nginx edge, checked and probed live.
     Nginx("nginx") => nginx::NginxDrill,

@@ -64,6 +64,11 @@ impl Opskit {
         }
     }
 
+    /// The same binary with another config file.
+    pub fn with_config(&self, config: &Path) -> Opskit {
+        Opskit::new(&self.exe, config)
+    }
+
     /// The lab config.
     pub fn config(&self) -> &Path {
         &self.config

@@ -52,6 +52,8 @@ impl MongoRig {
         let mut config = lab.config().unwrap();
         config.archive.source_uri = db.uri.clone();
         config.archive.purge.batch_size = Positive::new(250);
+        config.archive.purge.min_batch_size = Positive::new(250);
+        config.archive.purge.max_batch_size = Positive::new(250);
         config.alert.retries = 0;
         let config_path = dir.path().join("mongo.toml");
         std::fs::write(&config_path, config.to_toml()).unwrap();
@@ -158,7 +160,8 @@ fn payloads(path: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn item5_a_document_changed_after_the_export_stays_and_the_next_late_pass_archives_it() {
+fn item5_on_secantusdb_a_document_changed_after_the_export_stays_and_the_next_late_pass_archives_it()
+ {
     let rig = MongoRig::new(600);
     assert_eq!(rig.january_count(), 600);
     let mut run = rig.paused("purge:batch=1", "4");
@@ -195,7 +198,7 @@ fn item5_a_document_changed_after_the_export_stays_and_the_next_late_pass_archiv
 }
 
 #[test]
-fn item14_a_resumed_purge_counts_documents_already_deleted_as_gone() {
+fn item14_on_secantusdb_a_resumed_purge_counts_documents_already_deleted_as_gone() {
     let rig = MongoRig::new(1000);
     let mut run = rig.paused("purge:deleted=2", "60");
     nix::sys::signal::kill(

@@ -113,6 +113,38 @@ impl DeleteOutcome {
     }
 }
 
+/// A delete batch that got no answer within the source's time limit. The purge retries the
+/// batch smaller (see [`crate::batch`]); the server may still finish the first attempt, which
+/// is harmless: deleting by id is idempotent and the retry counts those documents as gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteTimedOut {
+    /// The server, as [`Source::describe`] says.
+    pub server: String,
+    /// Documents in the batch.
+    pub documents: usize,
+    /// The limit it exceeded.
+    pub limit: std::time::Duration,
+}
+
+impl std::fmt::Display for DeleteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "deleting a batch of {} documents on {}: no answer within {:?}",
+            self.documents, self.server, self.limit
+        )
+    }
+}
+
+impl std::error::Error for DeleteTimedOut {}
+
+impl DeleteTimedOut {
+    /// The [`DeleteTimedOut`] somewhere in `e`'s chain.
+    pub fn find(e: &anyhow::Error) -> Option<&DeleteTimedOut> {
+        e.chain().find_map(|c| c.downcast_ref::<DeleteTimedOut>())
+    }
+}
+
 /// How many more sessions the source accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreeSessions {

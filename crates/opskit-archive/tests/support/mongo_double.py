@@ -18,6 +18,7 @@ Scenarios:
   no_collection listIndexes fails with NamespaceNotFound (26).
   stall_getmore like `archive`, but the first `getMore` is never answered.
   endless       like `archive`, but every `getMore` returns cursor id 1234 again (never ends).
+  stall_delete  like `archive`, but the first `delete` is never answered.
   (every scenario) `insert` reports the first document as a duplicate key (already present);
                 `delete` deletes every statement's document but the first, which a `find` by
                 `_id: {$in}` then reports as still present (changed since the export).
@@ -117,6 +118,7 @@ def main():
     threading.Thread(target=watch_stdin, daemon=True).start()
     deadline = time.time() + 120
     getmores = 0
+    deletes = 0
     while not stop.is_set() and time.time() < deadline:
         try:
             request = server.receives(timeout=0.2)
@@ -166,6 +168,9 @@ def main():
         elif name == "collstats":
             request.reply({"ns": ns, "count": 5, "size": 1000, "avgObjSize": 200, "ok": 1.0})
         elif name == "delete":
+            deletes += 1
+            if scenario == "stall_delete" and deletes == 1:
+                continue  # never answered: the purge must get a typed time-out and retry
             # The first statement's document changed since the export (it matches nothing);
             # every other one is deleted.
             request.reply({"n": max(len(command["deletes"]) - 1, 0), "ok": 1.0})

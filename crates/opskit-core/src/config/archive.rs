@@ -100,8 +100,16 @@ impl Default for SftpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PurgeConfig {
-    /// Documents deleted per batch.
+    /// Documents in the first delete batch; later batches adapt between `min_batch_size` and
+    /// `max_batch_size` to take about `target_batch_ms` each.
     pub batch_size: Positive,
+    /// The duration each delete batch aims at, in milliseconds (pt-online-schema-change's
+    /// `--chunk-time`): batches grow while faster than half of it and halve when slower.
+    pub target_batch_ms: Positive,
+    /// The smallest batch; a batch of this size that times out fails the run (resumable).
+    pub min_batch_size: Positive,
+    /// The largest batch.
+    pub max_batch_size: Positive,
     /// Pause between batches in milliseconds.
     pub pause_ms: u64,
     /// Pause while replication lag is above this many seconds.
@@ -116,11 +124,40 @@ impl Default for PurgeConfig {
     fn default() -> Self {
         PurgeConfig {
             batch_size: Positive::new(5000),
+            target_batch_ms: Positive::new(500),
+            min_batch_size: Positive::new(10),
+            max_batch_size: Positive::new(100_000),
             pause_ms: 0,
             max_lag_secs: Positive::new(10),
             max_lag_wait_secs: Positive::new(3600),
             connections: Positive::new(2),
         }
+    }
+}
+
+impl PurgeConfig {
+    /// `min_batch_size <= batch_size <= max_batch_size`.
+    fn check_batch_bounds(&self) -> Result<(), (String, String)> {
+        let (min, start, max) = (
+            self.min_batch_size.get(),
+            self.batch_size.get(),
+            self.max_batch_size.get(),
+        );
+        if min > max {
+            return Err((
+                "archive.purge.min_batch_size".into(),
+                format!("{min} is above archive.purge.max_batch_size ({max})"),
+            ));
+        }
+        if start < min || start > max {
+            return Err((
+                "archive.purge.batch_size".into(),
+                format!(
+                    "{start} is outside min_batch_size..=max_batch_size ({min}..={max}): the first batch must be one the purge may use"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -134,6 +171,9 @@ pub const LIMITS: &[(&str, u64)] = &[
     ("archive.month_grace_minutes", 10_080),
     ("archive.sftp.timeout_secs", 3_600),
     ("archive.purge.batch_size", 100_000),
+    ("archive.purge.target_batch_ms", 600_000),
+    ("archive.purge.min_batch_size", 100_000),
+    ("archive.purge.max_batch_size", 100_000),
     ("archive.purge.pause_ms", 600_000),
     ("archive.purge.max_lag_secs", 86_400),
     ("archive.purge.max_lag_wait_secs", 604_800),
@@ -284,6 +324,18 @@ impl ArchiveConfig {
             ("archive.month_grace_minutes", self.month_grace_minutes),
             ("archive.sftp.timeout_secs", self.sftp.timeout_secs.get()),
             ("archive.purge.batch_size", self.purge.batch_size.get()),
+            (
+                "archive.purge.target_batch_ms",
+                self.purge.target_batch_ms.get(),
+            ),
+            (
+                "archive.purge.min_batch_size",
+                self.purge.min_batch_size.get(),
+            ),
+            (
+                "archive.purge.max_batch_size",
+                self.purge.max_batch_size.get(),
+            ),
             ("archive.purge.pause_ms", self.purge.pause_ms),
             ("archive.purge.max_lag_secs", self.purge.max_lag_secs.get()),
             (
@@ -294,6 +346,7 @@ impl ArchiveConfig {
         ] {
             within(key, value)?;
         }
+        self.purge.check_batch_bounds()?;
         check_remote_dir(&self.sftp.remote_dir)?;
         Ok(())
     }
@@ -368,6 +421,36 @@ mod tests {
             "archive.free_space_margin_pct"
         );
         with(|c| c.purge.batch_size = Positive::new(100_000)).unwrap();
+    }
+
+    #[test]
+    fn purge_batch_bounds_are_ordered() {
+        assert_eq!(
+            key_of(with(|c| {
+                c.purge.min_batch_size = Positive::new(600);
+                c.purge.max_batch_size = Positive::new(500);
+                c.purge.batch_size = Positive::new(550);
+            })),
+            "archive.purge.min_batch_size"
+        );
+        let (key, reason) = with(|c| c.purge.batch_size = Positive::new(5)).unwrap_err();
+        assert_eq!(key, "archive.purge.batch_size");
+        assert!(reason.contains("10..=100000"), "{reason}");
+        assert_eq!(
+            key_of(with(|c| c.purge.max_batch_size = Positive::new(1000))),
+            "archive.purge.batch_size",
+            "the default first batch (5000) is above a max of 1000"
+        );
+        assert_eq!(
+            key_of(with(|c| c.purge.target_batch_ms = Positive::new(1 << 30))),
+            "archive.purge.target_batch_ms"
+        );
+        with(|c| {
+            c.purge.min_batch_size = Positive::new(250);
+            c.purge.max_batch_size = Positive::new(250);
+            c.purge.batch_size = Positive::new(250);
+        })
+        .unwrap();
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod sources;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -88,7 +90,10 @@ impl Rig {
             others += 2;
         }
         let mut config = lab.config().unwrap();
+        // Fixed batches (the tests count them); adaptive batches are tested in archive_sources.
         config.archive.purge.batch_size = Positive::new(250);
+        config.archive.purge.min_batch_size = Positive::new(250);
+        config.archive.purge.max_batch_size = Positive::new(250);
         config.archive.sftp.timeout_secs = Positive::new(10);
         config.alert.retries = 0;
         tweak(&mut config);

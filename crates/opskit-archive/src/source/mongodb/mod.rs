@@ -34,7 +34,8 @@ use opskit_core::Classify as _;
 use opskit_core::secret::read_secret_file;
 
 use super::{
-    Anomalies, ArchivedDoc, DeleteOutcome, PASSWORD_KEY, RangeStats, Record, RecordSink, Source,
+    Anomalies, ArchivedDoc, DeleteOutcome, DeleteTimedOut, PASSWORD_KEY, RangeStats, Record,
+    RecordSink, Source,
 };
 use crate::bounds::MonthBounds;
 
@@ -75,6 +76,10 @@ pub struct MongoSource {
     description: String,
     options: MongoSourceOptions,
     index: Option<DateIndex>,
+    /// "standalone: no replication lag to watch" was logged (once per run).
+    standalone_noted: bool,
+    /// A failed `replSetGetConfig` was reported (once per run).
+    config_warned: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -126,13 +131,21 @@ impl MongoSource {
             description,
             options,
             index: None,
+            standalone_noted: false,
+            config_warned: false,
             runtime,
         })
     }
 
     /// Connects with the `[archive]` settings of the config and default tuning.
+    /// `archive.source_timeout_secs` limits each delete batch (and its lookup of the
+    /// documents kept).
     pub fn from_config(config: &opskit_core::config::ArchiveConfig) -> anyhow::Result<Self> {
-        MongoSource::from_config_with(config, MongoSourceOptions::default())
+        let options = MongoSourceOptions {
+            delete_timeout: Duration::from_secs(config.source_timeout_secs.get()),
+            ..MongoSourceOptions::default()
+        };
+        MongoSource::from_config_with(config, options)
     }
 
     /// Connects with the `[archive]` settings of the config and the given tuning (batch size,
@@ -384,7 +397,10 @@ impl Source for MongoSource {
         if docs.is_empty() {
             return Ok(DeleteOutcome::default());
         }
-        let limit = self.options.delete_timeout + Duration::from_secs(5);
+        // Slack for the server's own `wtimeout`/`maxTimeMS` to answer first (at most 5 s, and
+        // no more than the limit itself, so a short limit stays short).
+        let limit =
+            self.options.delete_timeout + self.options.delete_timeout.min(Duration::from_secs(5));
         let commands = delete_commands(
             self.coll.name(),
             docs,
@@ -392,23 +408,40 @@ impl Source for MongoSource {
             bounds,
             self.options.delete_timeout,
         )?;
+        // A time-out of the batch (its deletes or the lookup after them) is typed: the purge
+        // retries the batch smaller.
+        let timed_out = |e: anyhow::Error, description: &str| {
+            if e.chain().any(|c| {
+                c.downcast_ref::<TaskTimedOut>().is_some()
+                    || c.downcast_ref::<mongodb::error::Error>()
+                        .is_some_and(|m| error_code(m) == Some(MAX_TIME_MS_EXPIRED))
+            }) {
+                anyhow::Error::new(DeleteTimedOut {
+                    server: description.to_string(),
+                    documents: docs.len(),
+                    limit,
+                })
+            } else {
+                e
+            }
+        };
         let mut deleted = 0;
         for command in commands {
             let db = self.database();
             let n = command.get_array("deletes").map_or(0, Vec::len);
-            let reply = self.run(&format!("delete of {n} documents"), limit, async move {
-                db.run_command(command).await
-            })?;
+            let reply = self
+                .run(&format!("delete of {n} documents"), limit, async move {
+                    db.run_command(command).await
+                })
+                .map_err(|e| timed_out(e, &self.description))?;
             deleted += deleted_count(&reply)
                 .with_context(|| format!("delete of {n} documents on {}", self.description))?;
         }
         let ids: Vec<Bson> = docs.iter().map(|d| d.id.clone()).collect();
         let coll = self.coll.clone();
-        let options = remaining_find_options(self.options.command_timeout);
-        let present = self.run(
-            "looking up the documents kept",
-            self.options.command_timeout + Duration::from_secs(5),
-            async move {
+        let options = remaining_find_options(self.options.delete_timeout);
+        let present = self
+            .run("looking up the documents kept", limit, async move {
                 let mut cursor = coll
                     .find(remaining_filter(&ids))
                     .with_options(options)
@@ -418,8 +451,8 @@ impl Source for MongoSource {
                     n += 1;
                 }
                 Ok(n)
-            },
-        )?;
+            })
+            .map_err(|e| timed_out(e, &self.description))?;
         let n = docs.len() as u64;
         if deleted > n {
             bail!("the delete of {n} documents reported {deleted} deleted: stopping");
@@ -448,6 +481,10 @@ impl Source for MongoSource {
             },
         )?;
         let Some(status) = status else {
+            if !self.standalone_noted {
+                self.standalone_noted = true;
+                tracing::info!("standalone: no replication lag to watch");
+            }
             return Ok(None);
         };
         let admin = self.client.database("admin");
@@ -459,7 +496,14 @@ impl Source for MongoSource {
         let delayed = match config {
             Ok(config) => delayed_members(&config),
             Err(e) => {
-                tracing::warn!("{e:#}; delayed members (if any) count towards the replication lag");
+                if !self.config_warned {
+                    self.config_warned = true;
+                    tracing::warn!(
+                        "replSetGetConfig on {} failed ({}); delayed members (if any) count towards the replication lag",
+                        self.description,
+                        short_error(&e)
+                    );
+                }
                 Vec::new()
             }
         };
@@ -509,6 +553,8 @@ impl Source for MongoSource {
 
 /// Server error code of `replSetGetStatus` on a standalone.
 const NO_REPLICATION_ENABLED: i32 = 76;
+/// Server error code of an operation that exceeded its `maxTimeMS`.
+const MAX_TIME_MS_EXPIRED: i32 = 50;
 /// Server error code for a missing collection.
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
@@ -517,6 +563,26 @@ fn error_code(e: &mongodb::error::Error) -> Option<i32> {
         mongodb::error::ErrorKind::Command(c) => Some(c.code),
         _ => None,
     }
+}
+
+/// A one-line account of a failed command: `code 59 (CommandNotFound): no such command`
+/// for a server error, else the first line of the message, cut at 160 characters (never a
+/// raw reply dump).
+fn short_error(e: &anyhow::Error) -> String {
+    for cause in e.chain() {
+        if let Some(m) = cause.downcast_ref::<mongodb::error::Error>()
+            && let mongodb::error::ErrorKind::Command(c) = m.kind.as_ref()
+        {
+            return format!("code {} ({}): {}", c.code, c.code_name, c.message);
+        }
+    }
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(160).collect();
+    if out.len() < line.len() {
+        out.push('…');
+    }
+    out
 }
 
 fn is_namespace_not_found(e: &anyhow::Error) -> bool {
@@ -541,13 +607,25 @@ where
     let handle = runtime.spawn(fut);
     runtime.block_on(async move {
         match tokio::time::timeout(limit, handle).await {
-            Err(_) => Err(anyhow!("no answer within {limit:?}")),
+            Err(_) => Err(anyhow::Error::new(TaskTimedOut(limit))),
             Ok(Err(join)) => Err(anyhow!("the driver task failed: {join}")),
             Ok(Ok(Err(e))) => Err(anyhow::Error::new(e)),
             Ok(Ok(Ok(value))) => Ok(value),
         }
     })
 }
+
+/// A driver task that did not finish within its limit.
+#[derive(Debug)]
+struct TaskTimedOut(Duration);
+
+impl std::fmt::Display for TaskTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for TaskTimedOut {}
 
 /// Sets the password (into the credential whose user the URI names), the app name and the
 /// connection time limits.
@@ -629,128 +707,4 @@ struct RecordParts<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bson::rawdoc;
-    use mongodb::options::ServerAddress;
-
-    #[test]
-    fn a_record_is_the_exact_bytes_with_its_id_and_date() {
-        let doc = rawdoc! {"_id": 42_i32, "create_on": "2024-01-05 03:33:11", "msg": "hi"};
-        let parts = record_of(&doc, "create_on").unwrap();
-        assert_eq!(parts.id, Bson::Int32(42));
-        assert_eq!(parts.date, "2024-01-05 03:33:11");
-        assert_eq!(parts.raw, doc.as_bytes());
-
-        let dated = rawdoc! {"_id": 1_i32, "create_on": bson::DateTime::from_millis(0)};
-        let err = record_of(&dated, "create_on").unwrap_err().to_string();
-        assert!(
-            err.contains("document 1") && err.contains("not a string"),
-            "{err}"
-        );
-        assert!(record_of(&rawdoc! {"create_on": "x"}, "create_on").is_err());
-    }
-
-    #[test]
-    fn the_password_goes_into_the_credential_the_uri_names() {
-        let tuning = MongoSourceOptions::default();
-        let mut anonymous = ClientOptions::builder()
-            .hosts(vec![ServerAddress::parse("db1:27017").unwrap()])
-            .build();
-        let err = apply_client_settings(&mut anonymous, Some("pw".into()), &tuning).unwrap_err();
-        assert!(err.to_string().contains("names no user"));
-
-        let mut named = ClientOptions::builder()
-            .hosts(vec![ServerAddress::parse("db1:27017").unwrap()])
-            .credential(
-                Credential::builder()
-                    .username("archiver".to_string())
-                    .build(),
-            )
-            .build();
-        apply_client_settings(&mut named, Some("pw".into()), &tuning).unwrap();
-        let cred = named.credential.as_ref().unwrap();
-        assert_eq!(cred.password.as_deref(), Some("pw"));
-        assert_eq!(named.connect_timeout, Some(tuning.command_timeout));
-        assert_eq!(named.server_selection_timeout, Some(tuning.command_timeout));
-        assert!(
-            !format!("{:?}", named.credential).contains("pw\""),
-            "Debug must redact"
-        );
-        assert_eq!(
-            describe_target(&named, "test", "user_logs"),
-            "mongodb://db1:27017/test.user_logs"
-        );
-    }
-
-    #[test]
-    fn connect_errors_name_the_config_key_and_never_the_password() {
-        let err = |uri: &str, pw: Option<&Path>| {
-            let e = MongoSource::connect(
-                uri,
-                pw,
-                "test",
-                "user_logs",
-                "create_on",
-                Default::default(),
-            )
-            .err()
-            .expect("refused");
-            format!("{e:#}")
-        };
-        let e = err("mongodb://archiver@db1:notaport/", None);
-        assert!(
-            e.starts_with("archive.source_uri: bad MongoDB URI `mongodb://db1:notaport/`"),
-            "{e}"
-        );
-        let e = err(
-            "mongodb://archiver@db1/",
-            Some(Path::new("/nonexistent/opskit-pw")),
-        );
-        assert!(e.starts_with("archive.source_password_file: "), "{e}");
-        let dir = std::env::temp_dir().join(format!("opskit-mongo-conn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("pw");
-        std::fs::write(&file, "hunter2\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let e = err("mongodb://archiver:hunter2@db1/", None);
-        assert!(
-            e.starts_with("archive.source_uri: ") && e.contains("holds a password"),
-            "{e}"
-        );
-        assert!(!e.contains("hunter2"), "{e}");
-        let e = err("mongodb://db1/", Some(&file));
-        assert!(
-            e.starts_with("archive.source_uri: ") && e.contains("names no user"),
-            "{e}"
-        );
-        assert!(!e.contains("hunter2"));
-        // With a user, the client is built without contacting the server.
-        let source = MongoSource::connect(
-            "mongodb://archiver@db1:27017,db2:27017/?replicaSet=rs0",
-            Some(&file),
-            "test",
-            "user_logs",
-            "create_on",
-            Default::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            source.describe(),
-            "mongodb://db1:27017,db2:27017/test.user_logs"
-        );
-        assert_eq!(source.id_field(), "_id");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn uris_are_redacted_in_messages() {
-        assert_eq!(
-            redact_uri("mongodb://archiver@db1:27017,db2/?authSource=admin"),
-            "mongodb://db1:27017,db2/?authSource=admin"
-        );
-        assert_eq!(redact_uri("mongodb://u:p@h"), "mongodb://h");
-        assert_eq!(redact_uri("nonsense"), "(unparsable URI)");
-    }
-}
+mod tests;

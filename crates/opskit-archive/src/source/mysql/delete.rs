@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 
@@ -14,7 +14,7 @@ use super::row::{IdKey, encode_row};
 use super::{MAX_IDS_PER_STATEMENT, MysqlSource, month_predicate, quote_ident};
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentWriter;
-use crate::source::{ArchivedDoc, DeleteOutcome};
+use crate::source::{ArchivedDoc, DeleteOutcome, DeleteTimedOut};
 
 impl MysqlSource {
     /// `SELECT * FROM t WHERE pk IN (?,…) FOR UPDATE`: the current rows, locked.
@@ -88,7 +88,11 @@ impl MysqlSource {
                 }
                 Err(_) => {
                     self.delete_pool.clear();
-                    bail!("deleting a batch on {server}: no answer within {timeout:?}");
+                    return Err(anyhow::Error::new(DeleteTimedOut {
+                        server,
+                        documents: docs.len(),
+                        limit: timeout,
+                    }));
                 }
             }
         }
