@@ -99,9 +99,8 @@ impl StepAction for ExportStep {
         );
         cx.record("expected_count", stats.count);
         // Only once nothing refuses the run: a refused run gives one alert, the refusal.
-        if crate::anomalies::warn_once(job, &anomalies) {
-            cx.count("anomaly_warnings_sent", 1.0);
-        }
+        let sent = crate::anomalies::warn_once(job, &anomalies);
+        cx.count("anomaly_warnings_sent", if sent { 1.0 } else { 0.0 });
         Ok(())
     }
 
