@@ -101,12 +101,18 @@ restart_with_pool() {
   exit 1
 }
 
-# timed FILE CMD…: runs CMD under /usr/bin/time with its output in FILE; sets WALL and RSS.
+# timed FILE CMD…: runs CMD under /usr/bin/time with its output in FILE; sets WALL, RSS and
+# CODE (its exit code; a failure is logged, not fatal, so the other tools still run).
 timed() {
   local out=$1
   shift
-  /usr/bin/time -f '%e %M' -o "$LAB/time.txt" "$@" > "$out" 2>&1
-  read -r WALL RSS < "$LAB/time.txt"
+  CODE=0
+  /usr/bin/time -f '%e %M' -o "$LAB/time.txt" "$@" > "$out" 2>&1 || CODE=$?
+  read -r WALL RSS < <(tail -1 "$LAB/time.txt")
+  if [[ $CODE != 0 ]]; then
+    log "FAILED (exit $CODE): $1 … — last lines of $out:"
+    tail -3 "$out" | tee -a "$RESULTS"
+  fi
 }
 
 MAX=0
