@@ -2,21 +2,29 @@
 # Benchmark of the archive pipeline on the lab MariaDB + lab sshd/SFTP (docs/BENCHMARKS.md, ## archive).
 #
 #   cargo build --release -p opskit && cargo build --release -p opskit-archive --example compress_stage
-#   bench/archive/run.sh            # ROWS_LIST="500000 1000000 2000000" by default
+#   bench/archive/run.sh            # ROWS_LIST="1000000 2000000" POOLS="16M 1G" by default
 #
-# For each size in ROWS_LIST it loads that many January rows of ~200 bytes (plus 2 rows outside
-# the month) and runs `opskit archive run`, recording wall time, peak RSS (/usr/bin/time) and the
-# per-stage seconds from the metrics file. At the largest size it then puts the same rows through
-# pt-archiver (--file, --bulk-delete, --limit 5000) and through a plain
-# `mysqldump --where | gzip` + `sftp` + `DELETE … LIMIT 10000` loop, and compares the compression
-# stage with `pigz -p 2 -6` on the same raw bytes. Everything runs on loopback; the lab is torn
-# down at the end.
+# For each InnoDB buffer pool size in POOLS (the lab's 16M, then a production-like 1G: mariadbd
+# is restarted on the same datadir and my.cnf with --innodb-buffer-pool-size) and each size in
+# ROWS_LIST it loads that many January rows of ~200 bytes (plus 2 rows outside the month), then,
+# each on a fresh copy of the table, runs:
+#   - `opskit archive run` (wall time, peak RSS, per-stage seconds from the metrics file);
+#   - the floor: the month's rows deleted with no export at all, one server-side loop of
+#     `DELETE … WHERE <month> LIMIT 10000` (autocommit, one session): no archiver can beat it;
+#   - pt-archiver (--file, --bulk-delete, --limit 5000), then pigz + sftp of its file;
+#   - a plain `mysqldump --where | gzip` + `sftp` + `DELETE … LIMIT 10000` loop.
+# A `summary` line per pool and size gives opskit ÷ floor (issue 14's target: ≤ 1.15). At the
+# end it compares the compression stage with `pigz -p 2 -6` on the same raw bytes (when the
+# compress_stage example is built). Everything runs on loopback; the lab is torn down at the end.
+# Optional knobs: PURGE_BATCH, PURGE_CONNECTIONS (archive.purge.*), SKIP_OTHERS=1 (opskit and
+# the floor only).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OPSKIT=${OPSKIT:-$ROOT/target/release/opskit}
 COMPRESS=${COMPRESS:-$ROOT/target/release/examples/compress_stage}
-ROWS_LIST=${ROWS_LIST:-"500000 1000000 2000000"}
+ROWS_LIST=${ROWS_LIST:-"1000000 2000000"}
+POOLS=${POOLS:-"16M 1G"}
 LAB=${LAB:-/tmp/opskit-archive-bench}
 RESULTS=${RESULTS:-$LAB-results.txt}
 LO="2024-01-01 00:00:00"
@@ -25,9 +33,16 @@ WHERE="create_on >= '$LO' AND create_on < '$HI'"
 
 rm -rf "$LAB"
 "$OPSKIT" lab up --dir "$LAB" --only mariadb,sshd >/dev/null
-trap '"$OPSKIT" lab down --dir "$LAB" >/dev/null 2>&1 || true' EXIT
 CNF=$LAB/mariadb/my.cnf
-# Optional knobs: PURGE_BATCH, PURGE_CONNECTIONS (archive.purge.*), SKIP_OTHERS=1 (opskit only).
+OWN_MARIADBD=""
+cleanup() {
+  # A mariadbd this script restarted is not the lab's: shut it down before `lab down`.
+  if [[ -n $OWN_MARIADBD ]]; then
+    mariadb-admin --defaults-file="$CNF" shutdown >/dev/null 2>&1 || true
+  fi
+  "$OPSKIT" lab down --dir "$LAB" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 [[ -n ${PURGE_BATCH:-} ]] && sed -i "s/^batch_size = .*/batch_size = $PURGE_BATCH/" "$LAB/opskit.toml"
 [[ -n ${PURGE_CONNECTIONS:-} ]] && sed -i "/^\[archive.purge\]/a connections = $PURGE_CONNECTIONS" "$LAB/opskit.toml" && sed -i '0,/^connections = 2$/{/^connections = 2$/d}' "$LAB/opskit.toml"
 PORT=$(awk -F= '/^port=/{print $2; exit}' "$CNF")
@@ -66,62 +81,123 @@ fresh_copy() {
 month_rows() { sql -N -e "SELECT COUNT(*) FROM user_logs WHERE $WHERE"; }
 metric() { awk -v k="opskit_archive_$1{" 'index($0, k) == 1 {print $2}' "$LAB/metrics/opskit_archive.prom"; }
 
+# restart_with_pool SIZE: shuts mariadbd down cleanly and starts it again on the same datadir
+# and my.cnf with an InnoDB buffer pool of SIZE (the command line overrides my.cnf).
+restart_with_pool() {
+  local size=$1 pid
+  pid=$(cat "$LAB/mariadb/mysqld.pid")
+  mariadb-admin --defaults-file="$CNF" shutdown
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  local as_root=()
+  [[ $(id -u) == 0 ]] && as_root=(--user=root)
+  setsid mariadbd --defaults-file="$CNF" "${as_root[@]}" --innodb-buffer-pool-size="$size" \
+    --innodb-buffer-pool-size-max="$size" >> "$LAB/mariadb/bench-restart.log" 2>&1 < /dev/null &
+  OWN_MARIADBD=$!
+  for _ in $(seq 1 150); do
+    mariadb-admin --defaults-file="$CNF" ping >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "mariadbd did not come back with a $size buffer pool" >&2
+  exit 1
+}
+
+# timed FILE CMD…: runs CMD under /usr/bin/time with its output in FILE; sets WALL, RSS and
+# CODE (its exit code; a failure is logged, not fatal, so the other tools still run).
+timed() {
+  local out=$1
+  shift
+  CODE=0
+  /usr/bin/time -f '%e %M' -o "$LAB/time.txt" "$@" > "$out" 2>&1 || CODE=$?
+  read -r WALL RSS < <(tail -1 "$LAB/time.txt")
+  if [[ $CODE != 0 ]]; then
+    log "FAILED (exit $CODE): $1 … — last lines of $out:"
+    tail -3 "$out" | tee -a "$RESULTS"
+  fi
+}
+
 MAX=0
 for n in $ROWS_LIST; do ((n > MAX)) && MAX=$n; done
 
-for n in $ROWS_LIST; do
+for pool in $POOLS; do
+  [[ $pool == 16M ]] || restart_with_pool "$pool"
   log ""
-  log "## opskit archive run, $n rows"
-  load "$n"; fresh_copy
-  rm -rf "$LAB/state" "$LAB/staging" "$BACKUP/user_logs"
-  /usr/bin/time -f '%e %M' -o "$LAB/time.txt" "$OPSKIT" --config "$LAB/opskit.toml" --log-format json \
-    archive run --month 2024-01 > "$LAB/opskit-$n.log" 2>&1
-  read -r wall rss < "$LAB/time.txt"
-  raw=$(metric bytes_raw); gz=$(metric bytes_compressed)
-  ex=$(metric export_seconds); up=$(metric upload_seconds); ve=$(metric verify_seconds); pu=$(metric purge_seconds)
-  log "rows=$n wall_s=$wall rows_per_s=$(echo "$n / $wall" | bc) peak_rss_kib=$rss left_in_month=$(month_rows)"
-  log "raw_bytes=$raw gz_bytes=$gz ratio=$(echo "scale=2; $raw / $gz" | bc)"
-  log "export_s=$ex (raw $(echo "scale=1; $raw / $ex / 1000000" | bc) MB/s) upload_s=$up ($(echo "scale=1; $gz / $up / 1000000" | bc) MB/s compressed) verify_s=$ve purge_s=$pu ($(echo "$n / $pu" | bc) rows/s)"
-  if [[ $n == "$MAX" ]]; then
-    cp "$LAB/staging/test.user_logs.2024-01.bson.gz" "$LAB/archive-max.bson.gz"
-  fi
+  log "# InnoDB buffer pool $pool (innodb_buffer_pool_size=$(sql -N -e 'SELECT @@innodb_buffer_pool_size'), innodb_log_file_size=$(sql -N -e 'SELECT @@innodb_log_file_size'))"
+  for n in $ROWS_LIST; do
+    load "$n"
+
+    log ""
+    log "## opskit archive run, $n rows, pool $pool"
+    fresh_copy
+    rm -rf "$LAB/state" "$LAB/staging" "$BACKUP/user_logs"
+    timed "$LAB/opskit-$pool-$n.log" "$OPSKIT" --config "$LAB/opskit.toml" --log-format json \
+      archive run --month 2024-01
+    opskit_wall=$WALL
+    raw=$(metric bytes_raw); gz=$(metric bytes_compressed)
+    ex=$(metric export_seconds); up=$(metric upload_seconds); ve=$(metric verify_seconds); pu=$(metric purge_seconds)
+    log "rows=$n wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) peak_rss_kib=$RSS left_in_month=$(month_rows)"
+    log "raw_bytes=$raw gz_bytes=$gz ratio=$(echo "scale=2; $raw / $gz" | bc)"
+    log "export_s=$ex (raw $(echo "scale=1; $raw / $ex / 1000000" | bc) MB/s) upload_s=$up ($(echo "scale=1; $gz / $up / 1000000" | bc) MB/s compressed) verify_s=$ve purge_s=$pu ($(echo "$n / $pu" | bc) rows/s)"
+    if [[ $n == "$MAX" ]]; then
+      cp "$LAB/staging/test.user_logs.2024-01.bson.gz" "$LAB/archive-max.bson.gz"
+    fi
+
+    log ""
+    log "## floor: DELETE … WHERE <month> LIMIT 10000, looped inside the server (one session, autocommit, no export), $n rows, pool $pool"
+    fresh_copy
+    printf '%s\n' 'DELIMITER //' 'BEGIN NOT ATOMIC' '  REPEAT' \
+      "    DELETE FROM user_logs WHERE $WHERE LIMIT 10000;" \
+      '  UNTIL ROW_COUNT() = 0 END REPEAT;' 'END//' > "$LAB/floor.sql"
+    timed "$LAB/floor.log" mariadb --defaults-file="$CNF" test --batch -e "source $LAB/floor.sql"
+    floor_wall=$WALL
+    log "floor: wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) left_in_month=$(month_rows)"
+
+    pt_wall=- pt_full=- sh_wall=-
+    if [[ -z ${SKIP_OTHERS:-} ]]; then
+      log ""
+      log "## pt-archiver, $n rows, pool $pool (--file, --bulk-delete, --limit 5000 --txn-size 5000, index on create_on)"
+      fresh_copy
+      mkdir -p "$LAB/pt"; rm -f "$LAB/pt/"*
+      timed "$LAB/pt.log" pt-archiver \
+        --source "h=127.0.0.1,P=$PORT,u=root,D=test,t=user_logs,i=idx_create_on" \
+        --where "$WHERE" --file "$LAB/pt/%D.%t.txt" --limit 5000 --txn-size 5000 --bulk-delete \
+        --no-safe-auto-increment --no-check-charset --statistics
+      pt_wall=$WALL
+      log "pt-archiver: wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) peak_rss_kib=$RSS left_in_month=$(month_rows) file_bytes=$(stat -c %s "$LAB"/pt/*.txt)"
+      start=$(date +%s.%N)
+      pigz -p 2 -6 "$LAB"/pt/*.txt
+      sftp -F "$SSHCFG" -b - bak.ipo.com >/dev/null <<<"put $(ls "$LAB"/pt/*.gz) pt-archiver.txt.gz"
+      extra=$(echo "$(date +%s.%N) - $start" | bc)
+      pt_full=$(echo "$pt_wall + $extra" | bc)
+      log "pt-archiver + pigz -p 2 -6 + sftp: wall_s=$pt_full rows_per_s=$(echo "$n / $pt_full" | bc)"
+
+      log ""
+      log "## mysqldump --where | gzip + sftp + DELETE … LIMIT 10000 loop, $n rows, pool $pool"
+      fresh_copy
+      mkdir -p "$LAB/sh"; rm -f "$LAB/sh/"*
+      {
+        echo 'set -euo pipefail'
+        echo "mysqldump --defaults-file=$CNF --single-transaction --quick --no-create-info --where \"$WHERE\" test user_logs | gzip -6 > $LAB/sh/user_logs.sql.gz"
+        echo "sftp -F $SSHCFG -b - bak.ipo.com >/dev/null <<<\"put $LAB/sh/user_logs.sql.gz shell-pipeline.sql.gz\""
+        echo 'while :; do'
+        echo "  n=\$(mariadb --defaults-file=$CNF test -N -e \"DELETE FROM user_logs WHERE $WHERE LIMIT 10000; SELECT ROW_COUNT();\")"
+        # shellcheck disable=SC2016 # $n is the generated script's own variable
+        echo '  [ "$n" -gt 0 ] || break'
+        echo 'done'
+      } > "$LAB/sh/pipeline.sh"
+      timed "$LAB/sh.log" bash "$LAB/sh/pipeline.sh"
+      sh_wall=$WALL
+      log "shell pipeline: wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) left_in_month=$(month_rows) gz_bytes=$(stat -c %s "$LAB/sh/user_logs.sql.gz")"
+    fi
+    log ""
+    log "summary pool=$pool rows=$n opskit_s=$opskit_wall floor_s=$floor_wall opskit_over_floor=$(echo "scale=2; $opskit_wall / $floor_wall" | bc) shell_s=$sh_wall pt_archiver_s=$pt_wall pt_archiver_gz_sftp_s=$pt_full"
+  done
 done
 
-if [[ -n ${SKIP_OTHERS:-} ]]; then exit 0; fi
-log ""
-log "## pt-archiver, $MAX rows (--file, --bulk-delete, --limit 5000 --txn-size 5000, index on create_on)"
-fresh_copy
-mkdir -p "$LAB/pt"; rm -f "$LAB/pt/"*
-/usr/bin/time -f '%e %M' -o "$LAB/time.txt" pt-archiver \
-  --source "h=127.0.0.1,P=$PORT,u=root,D=test,t=user_logs,i=idx_create_on" \
-  --where "$WHERE" --file "$LAB/pt/%D.%t.txt" --limit 5000 --txn-size 5000 --bulk-delete \
-  --no-safe-auto-increment --no-check-charset --statistics > "$LAB/pt.log" 2>&1
-read -r wall rss < "$LAB/time.txt"
-log "pt-archiver: wall_s=$wall rows_per_s=$(echo "$MAX / $wall" | bc) peak_rss_kib=$rss left_in_month=$(month_rows) file_bytes=$(stat -c %s "$LAB"/pt/*.txt)"
-start=$(date +%s.%N)
-pigz -p 2 -6 "$LAB"/pt/*.txt
-sftp -F "$SSHCFG" -b - bak.ipo.com >/dev/null <<<"put $(ls "$LAB"/pt/*.gz) pt-archiver.txt.gz"
-extra=$(echo "$(date +%s.%N) - $start" | bc)
-log "pt-archiver + pigz -p 2 -6 + sftp: wall_s=$(echo "$wall + $extra" | bc) rows_per_s=$(echo "$MAX / ($wall + $extra)" | bc)"
-
-log ""
-log "## mysqldump --where | gzip + sftp + DELETE … LIMIT 10000 loop, $MAX rows"
-fresh_copy
-mkdir -p "$LAB/sh"; rm -f "$LAB/sh/"*
-cat > "$LAB/sh/pipeline.sh" <<EOF
-set -euo pipefail
-mysqldump --defaults-file=$CNF --single-transaction --quick --no-create-info \
-  --where "$WHERE" test user_logs | gzip -6 > $LAB/sh/user_logs.sql.gz
-sftp -F $SSHCFG -b - bak.ipo.com >/dev/null <<<"put $LAB/sh/user_logs.sql.gz shell-pipeline.sql.gz"
-while :; do
-  n=\$(mariadb --defaults-file=$CNF test -N -e "DELETE FROM user_logs WHERE $WHERE LIMIT 10000; SELECT ROW_COUNT();")
-  [ "\$n" -gt 0 ] || break
-done
-EOF
-/usr/bin/time -f '%e %M' -o "$LAB/time.txt" bash "$LAB/sh/pipeline.sh" > "$LAB/sh.log" 2>&1
-read -r wall rss < "$LAB/time.txt"
-log "shell pipeline: wall_s=$wall rows_per_s=$(echo "$MAX / $wall" | bc) left_in_month=$(month_rows) gz_bytes=$(stat -c %s "$LAB/sh/user_logs.sql.gz")"
-
+if [[ -n ${SKIP_OTHERS:-} || ! -x $COMPRESS ]]; then
+  log ""
+  log "done; results in $RESULTS"
+  exit 0
+fi
 log ""
 log "## compression stage vs pigz -p 2 -6 on the same raw BSON ($MAX rows)"
 pigz -dc "$LAB/archive-max.bson.gz" > "$LAB/raw.bson"

@@ -98,6 +98,9 @@ impl StepAction for ExportStep {
             job.bounds.zone
         );
         cx.record("expected_count", stats.count);
+        // Only once nothing refuses the run: a refused run gives one alert, the refusal.
+        let sent = crate::anomalies::warn_once(job, &anomalies);
+        cx.count("anomaly_warnings_sent", if sent { 1.0 } else { 0.0 });
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context as _;
 use opskit_core::config::value::Month;
-use opskit_core::config::{ArchiveConfig, Config};
+use opskit_core::config::{AlertConfig, ArchiveConfig, Config};
 use opskit_core::journal::{Journal, Outcome};
 
 use crate::bounds::MonthBounds;
@@ -20,6 +20,8 @@ pub const RUNBOOK: &str = "archive";
 pub struct ArchiveJob {
     /// `[archive]`.
     pub config: ArchiveConfig,
+    /// `[alert]`: where warnings that do not stop the run go (date anomalies).
+    pub alert: AlertConfig,
     /// `general.timezone`, the writers' zone.
     pub tz: chrono_tz::Tz,
     /// `general.state_dir`.
@@ -49,6 +51,7 @@ impl ArchiveJob {
         let month = month.unwrap_or_else(|| default_month(config, chrono::Utc::now()));
         Ok(ArchiveJob {
             config: config.archive.clone(),
+            alert: config.alert.clone(),
             tz,
             state_dir: state_dir.to_path_buf(),
             bounds: MonthBounds::new(month, tz)?,
@@ -123,6 +126,14 @@ impl ArchiveJob {
         self.state_dir
             .join("archive")
             .join(format!("{}.restored.json", self.month_key()))
+    }
+
+    /// Remembers that the date-anomaly warning of this month was delivered (any pass), so
+    /// re-runs and late passes of the month do not send it again.
+    pub fn anomalies_warned_marker(&self) -> PathBuf {
+        self.state_dir
+            .join("archive")
+            .join(format!("{}.anomalies-warned.json", self.month_key()))
     }
 
     /// The purge checkpoint (ids already sent), in the state directory.

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod anomalies;
 pub mod batch;
 pub mod bounds;
 pub mod commit;

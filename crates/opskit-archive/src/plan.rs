@@ -182,11 +182,33 @@ pub fn build_plan(job: &ArchiveJob, source: &SharedSource, observed: Option<&Obs
                 remote_path(&c.sftp.remote_dir, &job.file_name())
             ),
         );
+    if let Some(r) = replicas_fact(job) {
+        plan.fact("replicas", r);
+    }
     if let Some(o) = observed {
         observed_facts(&mut plan, job, o);
     }
     add_steps(&mut plan, job, source);
     plan
+}
+
+/// Which replicas' lag pauses the purge (MySQL sources with replicas configured).
+fn replicas_fact(job: &ArchiveJob) -> Option<String> {
+    let p = &job.config.purge;
+    if p.replicas.is_empty() && !p.discover_replicas {
+        return None;
+    }
+    let mut watched = p.replicas.clone();
+    if p.discover_replicas {
+        watched.push("those SHOW SLAVE HOSTS lists on the source, recursively".into());
+    }
+    Some(format!(
+        "the purge pauses before a batch while one lags more than {}s or is not replicating \
+         (Seconds_Behind_Master NULL) or does not answer, for at most {}s at a time: {}",
+        p.max_lag_secs,
+        p.max_lag_wait_secs,
+        watched.join(", ")
+    ))
 }
 
 fn observed_facts(plan: &mut Plan, job: &ArchiveJob, o: &Observed) {

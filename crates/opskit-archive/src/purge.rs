@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use opskit_core::plan::{StepAction, StepContext, StepError, StepResult};
+use opskit_core::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchSizer, Change};
@@ -191,6 +192,7 @@ fn purge(
     let mut position = 0u64;
     let mut end = false;
     let mut now = DeleteOutcome::default();
+    let mut paused_secs = 0.0;
     loop {
         while !end && pending.len() < sizer.size() {
             let doc = reader.next_document().with_context(|| {
@@ -238,7 +240,16 @@ fn purge(
         )?;
         pause_point("purge", "batch", number);
         panic_point("purge", "batch", number);
-        wait_for_lag(job, source)?;
+        if let Err(e) = wait_for_lag(job, source, &mut progress, &mut paused_secs) {
+            cx.count("purge_paused_seconds", paused_secs);
+            return Err(e.context(format!(
+                "the purge stopped before batch {number}: {} of {} documents done ({} deleted), nothing lost; \
+                 run `opskit archive run --month {}` again to resume",
+                ck.sent, m.count, ck.deleted, job.bounds.month
+            )));
+        }
+        // The lag wait may have written its own message: show the batch size again.
+        progress.set_message(&batch_label(sizer.size()));
         let batch = &pending.make_contiguous()[..n];
         let started_batch = Instant::now();
         let result = source.get()?.delete_archived(batch, &job.bounds);
@@ -348,6 +359,7 @@ fn purge(
     // Archived documents still in the source after the purge: only those changed since.
     cx.count("delete_shortfall", now.changed as f64);
     cx.gauge("purge_seconds", secs);
+    cx.count("purge_paused_seconds", paused_secs);
     Ok(ck)
 }
 
@@ -356,38 +368,65 @@ fn batch_label(size: usize) -> String {
     format!("purge (batch {size})")
 }
 
-/// Waits while the replicas lag more than `max_lag_secs` (doubling pauses up to 30 s),
-/// failing (resumably) after `max_lag_wait_secs`.
-fn wait_for_lag(job: &ArchiveJob, source: &SharedSource) -> anyhow::Result<()> {
+/// Waits while a watched replica lags more than `max_lag_secs` or its lag is unknown
+/// (stopped replication, no answer): polls with pauses doubling from 0.5 s to 5 s, and the
+/// progress line and the log say why the purge waits. One wait longer than
+/// `max_lag_wait_secs` fails the step; the checkpoint holds every batch done, so a re-run
+/// resumes. Adds the seconds paused to `paused_secs`.
+fn wait_for_lag(
+    job: &ArchiveJob,
+    source: &SharedSource,
+    progress: &mut Progress,
+    paused_secs: &mut f64,
+) -> anyhow::Result<()> {
     let max = job.config.purge.max_lag_secs.get() as f64;
     let give_up = Duration::from_secs(job.config.purge.max_lag_wait_secs.get());
     let started = Instant::now();
     let mut backoff = Duration::from_millis(500);
-    loop {
-        let lag = source.get()?.replication_lag()?;
-        match lag {
-            Some(l) if l > max => {
-                opskit_core::interrupt::check(
-                    || format!("while waiting for the replicas (lag {l:.0}s)"),
-                    || {
-                        format!(
-                            "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
-                            job.bounds.month
-                        )
-                    },
-                )?;
-                if started.elapsed() >= give_up {
-                    bail!(
-                        "replication lag {l:.0}s stayed above {max:.0}s for {give_up:?}; re-run to resume the purge"
-                    );
-                }
-                tracing::warn!(
-                    "replication lag {l:.1}s > {max:.0}s: pausing the purge {backoff:?}"
+    let mut paused = false;
+    let result = loop {
+        let worst = match source.get().and_then(|mut s| s.worst_replica()) {
+            Ok(w) => w,
+            Err(e) => break Err(e.context("reading the replicas' lag")),
+        };
+        let Some(w) = worst.filter(|w| w.exceeds(max)) else {
+            if paused {
+                tracing::info!(
+                    "the replicas are within {max:.0}s again after {:.1}s: the purge goes on",
+                    started.elapsed().as_secs_f64()
                 );
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            _ => return Ok(()),
+            break Ok(());
+        };
+        if let Err(e) = opskit_core::interrupt::check(
+            || format!("while waiting for the replicas ({})", w.describe()),
+            || {
+                format!(
+                    "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
+                    job.bounds.month
+                )
+            },
+        ) {
+            break Err(e.into());
         }
+        let waited = started.elapsed();
+        if waited >= give_up {
+            break Err(anyhow!(
+                "{} (limit archive.purge.max_lag_secs = {max:.0}s) for {:.0}s, the limit of archive.purge.max_lag_wait_secs",
+                w.describe(),
+                waited.as_secs_f64()
+            ));
+        }
+        let why = format!("purge paused: {} (limit {max:.0}s)", w.describe());
+        tracing::warn!("{why}; looking again in {backoff:?}");
+        progress.set_message(&why);
+        paused = true;
+        std::thread::sleep(backoff.min(give_up - waited));
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    if paused {
+        *paused_secs += started.elapsed().as_secs_f64();
+        progress.set_message("purge");
     }
+    result
 }

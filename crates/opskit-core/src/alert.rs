@@ -89,6 +89,29 @@ pub fn send_best_effort(cfg: &AlertConfig, payload: &AlertPayload) {
     }
 }
 
+/// Sends a warning (the run goes on) in the alert schema, best effort, and says whether it was
+/// delivered. Unlike a failure alert it is not written to the receipt file of
+/// [`RECEIPT_ENV`]: a wrapper must still alert when the run itself later fails.
+pub fn send_warning_best_effort(cfg: &AlertConfig, payload: &AlertPayload) -> bool {
+    match Alerter::from_config(cfg) {
+        Ok(Some(alerter)) => match alerter.deliver(payload, false) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("the warning could not be delivered: {e:#}");
+                false
+            }
+        },
+        Ok(None) => {
+            tracing::debug!("no alert.webhook_url: not sending the warning");
+            false
+        }
+        Err(e) => {
+            tracing::error!("the warning could not be sent: {e:#}");
+            false
+        }
+    }
+}
+
 /// Appends `<run_key> <step>` to the receipt file of [`RECEIPT_ENV`], if one is set.
 fn write_receipt(payload: &AlertPayload) {
     let Some(path) = std::env::var_os(RECEIPT_ENV).filter(|p| !p.is_empty()) else {
@@ -154,6 +177,11 @@ impl Alerter {
 
     /// POSTs the payload; retries connection errors, timeouts, 5xx and 429.
     pub fn send(&self, payload: &AlertPayload) -> anyhow::Result<()> {
+        self.deliver(payload, true)
+    }
+
+    /// POSTs the payload; `receipt`: record the delivery in the [`RECEIPT_ENV`] file.
+    fn deliver(&self, payload: &AlertPayload, receipt: bool) -> anyhow::Result<()> {
         let body = serde_json::to_string(payload).expect("payload serializes");
         let mut delay = self.backoff;
         let mut last_error = String::new();
@@ -175,9 +203,12 @@ impl Alerter {
                         tracing::info!(
                             webhook = %self.url.redacted(),
                             attempt = attempt + 1,
-                            "failure alert delivered"
+                            step = %payload.step,
+                            "alert delivered"
                         );
-                        write_receipt(payload);
+                        if receipt {
+                            write_receipt(payload);
+                        }
                         return Ok(());
                     }
                     last_error = format!("HTTP {status}");

@@ -1,8 +1,8 @@
 //! `opskit archive` end to end against the lab's real MariaDB and real sshd/SFTP: the whole
 //! month, late rows, a different file at the remote name, disk full, bad config, an
-//! unreachable source, a corrupted archive, a large resumed upload, malformed dates. Kill -9
-//! in each stage and the backup host down after the upload run on both sources in
-//! `archive_sources`.
+//! unreachable source, a corrupted archive, a large resumed upload, malformed dates, a delete
+//! session chosen as a deadlock victim. Kill -9 in each stage and the backup host down after
+//! the upload run on both sources in `archive_sources`.
 //!
 //! The invariant checked after every fault: each January row that existed before the run is
 //! either still in the table or in the archive on the backup host — never neither — and once
@@ -373,4 +373,41 @@ fn a_malformed_date_inside_the_month_is_reported_and_never_archived_nor_deleted(
     let archived = archived_ids(&rig.local_file());
     assert_eq!(archived.len(), 300);
     assert_eq!(archived, rig.january);
+}
+
+#[test]
+fn a_delete_session_chosen_as_deadlock_victim_retries_its_part_and_the_month_completes() {
+    // 250 documents per batch over 2 sessions: batch 1's second part is ids[125..250].
+    let rig = Rig::new(1000, |_| {});
+    let ids: Vec<i64> = rig.january.iter().copied().collect();
+    let (a, b) = (ids[130], ids[200]);
+    rig.sql("CREATE TABLE test.ballast (n INT PRIMARY KEY) ENGINE=InnoDB");
+    let paused = rig.run_paused("purge:batch=1", "2");
+    // A heavy transaction (20,000 undo records, so InnoDB picks the purge's session as the
+    // victim) locks B; the purge's second session then locks A.. and waits for B; then the
+    // heavy one asks for A: a deadlock, which rolls the purge's part back.
+    let db = rig.db.clone();
+    let blocker = std::thread::spawn(move || {
+        db.sql(&format!(
+            "USE test;
+             SET SESSION innodb_lock_wait_timeout = 60;
+             START TRANSACTION;
+             INSERT INTO test.ballast SELECT seq FROM seq_1_to_20000;
+             SELECT id FROM test.user_logs WHERE id = {b} FOR UPDATE;
+             SELECT SLEEP(4);
+             SELECT id FROM test.user_logs WHERE id = {a} FOR UPDATE;
+             ROLLBACK;"
+        ))
+    });
+    let (status, _, err) = paused.finish_with_output();
+    blocker.join().unwrap().unwrap();
+    assert!(
+        err.contains("Deadlock found") && err.contains("retrying it (1/5)"),
+        "the deadlock happened and the part was sent again: {err}"
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    rig.assert_month_archived();
+    assert_eq!(rig.metric("documents_deleted"), Some(1000.0));
+    assert_eq!(rig.metric("documents_already_gone"), Some(0.0));
+    assert!(rig.alerts().is_empty());
 }

@@ -6,7 +6,9 @@
 //! 15. `archive status`: header, steps in run order, running runs, `--month`, warnings;
 //! 16. the cron wrapper with the real opskit: one alert per failure, same schema, a log per
 //!     month;
-//! 17. restore described one way in `--help`, the manifest and the runbooks.
+//! 17. restore described one way in `--help`, the manifest and the runbooks;
+//!
+//! and issue 14: date anomalies send one warning per month to the webhook.
 
 mod archive_support;
 
@@ -342,4 +344,65 @@ fn exit_codes_of_archive_are_0_1_2_and_3() {
     let out = rig.archive(&["run", "--month", "2023-12"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(rig.alerts().len(), 3);
+}
+
+#[test]
+fn date_anomalies_send_one_warning_per_month_and_the_run_goes_on() {
+    // The rig seeds two rows no month matches: a NULL date and an unpadded one.
+    let rig = Rig::new(300, |_| {});
+    let receipt = rig.dir.path().join("receipt");
+    let out = run_logged(
+        rig.opskit()
+            .env("OPSKIT_ALERT_RECEIPT", &receipt)
+            .args(["archive", "run", "--month", MONTH]),
+        &["run with a receipt file"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    rig.assert_month_archived();
+    assert_eq!(rig.metric("anomalies"), Some(2.0));
+    assert_eq!(rig.metric("anomaly_warnings_sent"), Some(1.0));
+    let w = rig.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["runbook"], "archive");
+    assert_eq!(w[0]["run_key"], "archive-test.user_logs-2024-01");
+    let text = w[0]["error"].as_str().unwrap();
+    for part in [
+        "2 documents",
+        "missing 1",
+        "malformed 1",
+        "create_on",
+        "goes on",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    assert!(rig.alerts().is_empty(), "a warning is not a failure alert");
+    assert!(
+        std::fs::read_to_string(&receipt)
+            .unwrap_or_default()
+            .is_empty(),
+        "a warning is no receipt: the cron wrapper must still alert if the run dies later"
+    );
+
+    // A late pass of the same month: no second warning.
+    rig.sql(
+        "INSERT INTO test.user_logs (create_on, user_id, action, payload) \
+         VALUES ('2024-01-20 10:00:00', 1, 'late', 'late')",
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("late pass 1"),
+        "the late pass ran: {}",
+        stderr(&out)
+    );
+    assert_eq!(rig.warnings().len(), 1, "one warning per month");
+    assert_eq!(rig.metric("anomalies"), Some(2.0), "the gauge stays");
+
+    // Another month gets its own warning.
+    let out = rig.archive(&["run", "--month", "2023-12"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let w = rig.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[1]["run_key"], "archive-test.user_logs-2023-12");
+    assert!(rig.alerts().is_empty());
 }

@@ -156,6 +156,34 @@ pub struct FreeSessions {
     pub free: u64,
 }
 
+/// The replica that holds the purge back the most, as the lag pause reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaLag {
+    /// Which replica (`127.0.0.12:3306`), or which set of them.
+    pub replica: String,
+    /// Its lag in seconds; `None` when it is unknown: the replica is not replicating
+    /// (`Seconds_Behind_Master` NULL: a replication thread stopped) or does not answer.
+    /// Unknown counts as too much.
+    pub seconds: Option<f64>,
+    /// Why the lag is unknown, for the operator.
+    pub reason: String,
+}
+
+impl ReplicaLag {
+    /// True when the purge must wait for this replica.
+    pub fn exceeds(&self, max_secs: f64) -> bool {
+        self.seconds.is_none_or(|s| s > max_secs)
+    }
+
+    /// `replica 127.0.0.12:3306 lags 37s` / `replica …: lag unknown, not replicating (…)`.
+    pub fn describe(&self) -> String {
+        match self.seconds {
+            Some(s) => format!("{} lags {s:.0}s", self.replica),
+            None => format!("{}: lag unknown, {}", self.replica, self.reason),
+        }
+    }
+}
+
 /// One exported record: its identity, its date and its raw BSON bytes.
 pub struct Record<'a> {
     /// The record's unique key (`_id` for MongoDB, the primary key for MySQL).
@@ -211,6 +239,17 @@ pub trait Source: Send {
 
     /// The largest replication lag of the source's replicas in seconds, if it can tell.
     fn replication_lag(&mut self) -> anyhow::Result<Option<f64>>;
+
+    /// The replica lagging most (the purge pauses while it exceeds `max_lag_secs`), or
+    /// `None` when the source has no replicas to watch. By default from
+    /// [`Source::replication_lag`].
+    fn worst_replica(&mut self) -> anyhow::Result<Option<ReplicaLag>> {
+        Ok(self.replication_lag()?.map(|s| ReplicaLag {
+            replica: "the slowest replica".into(),
+            seconds: Some(s),
+            reason: String::new(),
+        }))
+    }
 
     /// Inserts archived documents back, keeping documents already present (restore).
     /// Returns how many were inserted.

@@ -118,6 +118,15 @@ pub struct PurgeConfig {
     pub max_lag_wait_secs: Positive,
     /// Sessions that delete parts of each batch concurrently (MySQL source).
     pub connections: Positive,
+    /// MySQL source: replicas to watch (`mysql://[user@]host:port/`, no password: the
+    /// source's password file is used; the user defaults to the source's). Before each batch
+    /// the purge reads `Seconds_Behind_Master` on each and pauses while one lags more than
+    /// `max_lag_secs`, is not replicating (NULL) or does not answer. MongoDB sources watch
+    /// their secondaries by themselves.
+    pub replicas: Vec<String>,
+    /// MySQL source: also watch the replicas found by `SHOW SLAVE HOSTS` on the source and,
+    /// recursively, on each replica found (they must set `report_host`/`report_port`).
+    pub discover_replicas: bool,
 }
 
 impl Default for PurgeConfig {
@@ -131,6 +140,8 @@ impl Default for PurgeConfig {
             max_lag_secs: Positive::new(10),
             max_lag_wait_secs: Positive::new(3600),
             connections: Positive::new(2),
+            replicas: Vec::new(),
+            discover_replicas: false,
         }
     }
 }
@@ -178,6 +189,7 @@ pub const LIMITS: &[(&str, u64)] = &[
     ("archive.purge.max_lag_secs", 86_400),
     ("archive.purge.max_lag_wait_secs", 604_800),
     ("archive.purge.connections", 64),
+    ("archive.purge.replicas", 64),
 ];
 
 fn within(key: &str, value: u64) -> Result<(), (String, String)> {
@@ -228,6 +240,29 @@ fn check_source_uri(uri: &str) -> Result<(), (String, String)> {
             key(),
             "the URI query holds a password option; put the password in archive.source_password_file instead".into(),
         ));
+    }
+    Ok(())
+}
+
+/// `archive.purge.replicas`: only for a MySQL source, each a `mysql://` URI without a
+/// password.
+fn check_replicas(c: &ArchiveConfig) -> Result<(), (String, String)> {
+    let key = || "archive.purge.replicas".to_string();
+    let mysql = c.source_uri.starts_with("mysql://");
+    if !mysql && (!c.purge.replicas.is_empty() || c.purge.discover_replicas) {
+        return Err((
+            key(),
+            "replicas are watched for a mysql:// source only (a MongoDB source watches its secondaries itself); \
+             remove archive.purge.replicas and archive.purge.discover_replicas"
+                .into(),
+        ));
+    }
+    within("archive.purge.replicas", c.purge.replicas.len() as u64)?;
+    for r in &c.purge.replicas {
+        if !r.starts_with("mysql://") {
+            return Err((key(), format!("`{r}` must be a mysql:// URI")));
+        }
+        check_source_uri(r).map_err(|(_, reason)| (key(), reason))?;
     }
     Ok(())
 }
@@ -348,6 +383,7 @@ impl ArchiveConfig {
         }
         self.purge.check_batch_bounds()?;
         check_remote_dir(&self.sftp.remote_dir)?;
+        check_replicas(self)?;
         Ok(())
     }
 }
@@ -451,6 +487,31 @@ mod tests {
             c.purge.batch_size = Positive::new(250);
         })
         .unwrap();
+    }
+
+    #[test]
+    fn replicas_are_mysql_uris_without_passwords_for_a_mysql_source() {
+        let mysql = |c: &mut ArchiveConfig| c.source_uri = "mysql://archiver@db1:3306/".into();
+        with(|c| {
+            mysql(c);
+            c.purge.replicas = vec!["mysql://db2:3306/".into(), "mysql://mon@db3:3306/".into()];
+            c.purge.discover_replicas = true;
+        })
+        .unwrap();
+        for bad in ["mysql://u:secret@db2:3306/", "db2:3306", "mongodb://db2/"] {
+            let (key, reason) = with(|c| {
+                mysql(c);
+                c.purge.replicas = vec![bad.into()];
+            })
+            .unwrap_err();
+            assert_eq!(key, "archive.purge.replicas", "{bad}");
+            assert!(!reason.contains("secret"), "{reason}");
+        }
+        assert_eq!(
+            key_of(with(|c| c.purge.discover_replicas = true)),
+            "archive.purge.replicas",
+            "the default source is MongoDB"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use opskit_core::config::Config;
 use opskit_core::config::value::Positive;
-use opskit_lab::{Component, Lab, LabBuilder, MariadbServer, SftpServer};
+use opskit_lab::{Component, Lab, LabBuilder, MariadbServer, MysqlLab, SftpServer};
 
 /// The archived month of every test.
 pub const MONTH: &str = "2024-01";
@@ -47,6 +47,8 @@ pub struct Rig {
     /// Rows outside January (neighbours and anomalies).
     pub others: u64,
     pub dir: tempfile::TempDir,
+    /// The replication topology, when the rig runs on it ([`Rig::on_replicated_master`]).
+    pub mysql: Option<MysqlLab>,
 }
 
 impl Rig {
@@ -66,6 +68,63 @@ impl Rig {
             .up()
             .expect("lab up");
         let db = lab.mariadb().unwrap();
+        let config = lab.config().unwrap();
+        Rig::seeded(dir, lab, db, None, config, create, rows, tweak)
+    }
+
+    /// Like [`Rig::new`] on the lab's replication topology (spec §4): the table lives on
+    /// `Master`, which replicates it to the four replicas, and opskit archives it through
+    /// the admin account.
+    pub fn on_replicated_master(rows: u64, tweak: impl FnOnce(&mut Config, &MysqlLab)) -> Rig {
+        let dir = tempfile::Builder::new().prefix("oa").tempdir().unwrap();
+        let lab = LabBuilder::new(dir.path().join("lab"))
+            .with(Component::Mysql)
+            .with(Component::Sshd)
+            .with(Component::Webhook)
+            .opskit_exe(opskit_bin())
+            .up()
+            .expect("lab up");
+        let mysql: MysqlLab = lab.view().unwrap();
+        let master = mysql.get("Master").unwrap();
+        master
+            .server
+            .sql("CREATE DATABASE IF NOT EXISTS test")
+            .unwrap();
+        let mut config = lab.config().unwrap();
+        config.archive.source_uri = format!(
+            "mysql://{}@{}:{}/",
+            "opskit", // the lab's admin account (components::mysql::ADMIN_USER)
+            master.address,
+            master.port
+        );
+        config.archive.source_password_file =
+            Some(mysql.admin_password_file.to_str().unwrap().parse().unwrap());
+        let db = master.server.clone();
+        let mut rig = Rig::seeded(
+            dir,
+            lab,
+            db,
+            Some(mysql.clone()),
+            config,
+            VARCHAR_TABLE,
+            rows,
+            |c| tweak(c, &mysql),
+        );
+        rig.mysql = Some(mysql);
+        rig
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn seeded(
+        dir: tempfile::TempDir,
+        lab: Lab,
+        db: MariadbServer,
+        mysql: Option<MysqlLab>,
+        mut config: Config,
+        create: &str,
+        rows: u64,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Rig {
         let sftp = lab.sftp().unwrap();
         db.sql(&format!(
             "{create};
@@ -89,7 +148,6 @@ impl Rig {
             .unwrap();
             others += 2;
         }
-        let mut config = lab.config().unwrap();
         // Fixed batches (the tests count them); adaptive batches are tested in archive_sources.
         config.archive.purge.batch_size = Positive::new(250);
         config.archive.purge.min_batch_size = Positive::new(250);
@@ -108,6 +166,7 @@ impl Rig {
             january: BTreeSet::new(),
             others,
             dir,
+            mysql,
         };
         rig.january = rig.january_ids();
         assert_eq!(rig.january.len() as u64, rows);
@@ -273,7 +332,25 @@ impl Rig {
         self.remote_dir().join(name)
     }
 
+    /// The failure alerts the webhook received (the date-anomaly warnings left out: the run
+    /// goes on after them; see [`Rig::warnings`]).
     pub fn alerts(&self) -> Vec<serde_json::Value> {
+        self.webhook_posts()
+            .into_iter()
+            .filter(|a| a["step"] != opskit_archive::anomalies::STEP)
+            .collect()
+    }
+
+    /// The date-anomaly warnings the webhook received.
+    pub fn warnings(&self) -> Vec<serde_json::Value> {
+        self.webhook_posts()
+            .into_iter()
+            .filter(|a| a["step"] == opskit_archive::anomalies::STEP)
+            .collect()
+    }
+
+    /// Everything the webhook received, in order.
+    pub fn webhook_posts(&self) -> Vec<serde_json::Value> {
         self.lab.webhook().unwrap().received().unwrap()
     }
 

@@ -3,10 +3,15 @@
 //! encodes them exactly as the export did, and deletes only the rows that are byte-identical
 //! to the archived documents (still inside the month), then commits. A row changed since the
 //! export stays for the next late pass; a row already gone is counted, not an error.
+//!
+//! Two sessions deleting neighbouring parts of a batch can deadlock on the date index's gap
+//! locks; InnoDB then rolls one transaction back (error 1213). That part, and a part whose
+//! lock wait timed out (1205), is rolled back and sent again (up to [`MAX_RETRIES`] times), as
+//! pt-archiver's `--retries` does: nothing of it was deleted, so nothing is counted twice.
 
 use std::collections::HashMap;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 
@@ -59,45 +64,94 @@ impl MysqlSource {
         let predicate = month_predicate(&date_field, info.date_kind);
         let pk = info.pk.as_str();
         for (wave, wave_sql) in chunks.chunks(wanted).zip(sqls.chunks(wanted)) {
-            let pool = &mut self.delete_pool;
-            let date_field = date_field.as_str();
-            let result = self.rt.block_on(async {
-                let futures =
-                    wave.iter()
-                        .zip(wave_sql)
-                        .zip(pool.iter_mut())
-                        .map(|((chunk, sql), c)| {
-                            let part = Part {
-                                pk,
-                                date_field,
-                                table: &table,
-                                predicate: &predicate,
-                                lo: &lo,
-                                hi: &hi,
-                            };
-                            async move { part.run(c, sql, chunk).await }
-                        });
-                tokio::time::timeout(timeout, futures_util::future::try_join_all(futures)).await
-            });
-            match result {
-                Ok(Ok(outcomes)) => outcomes.into_iter().for_each(|o| total.add(o)),
-                Ok(Err(e)) => {
-                    // An open transaction is rolled back when its session goes away.
-                    self.delete_pool.clear();
-                    return Err(e.context(format!("deleting a batch on {server}")));
-                }
-                Err(_) => {
+            // Indices (into `wave`) of the parts still to do: a part whose session InnoDB chose
+            // as a deadlock victim (or whose lock wait timed out) is rolled back and sent again.
+            let mut pending: Vec<usize> = (0..wave.len()).collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let pool = &mut self.delete_pool;
+                let date_field = date_field.as_str();
+                let result = self.rt.block_on(async {
+                    let futures = pending.iter().zip(pool.iter_mut()).map(|(&i, c)| {
+                        let part = Part {
+                            pk,
+                            date_field,
+                            table: &table,
+                            predicate: &predicate,
+                            lo: &lo,
+                            hi: &hi,
+                        };
+                        let (chunk, sql) = (wave[i], &wave_sql[i]);
+                        async move { part.run(c, sql, chunk).await }
+                    });
+                    tokio::time::timeout(timeout, futures_util::future::join_all(futures)).await
+                });
+                let Ok(outcomes) = result else {
                     self.delete_pool.clear();
                     return Err(anyhow::Error::new(DeleteTimedOut {
                         server,
                         documents: docs.len(),
                         limit: timeout,
                     }));
+                };
+                let mut again = Vec::new();
+                let mut retry_conns = Vec::new();
+                for ((&i, outcome), slot) in pending.iter().zip(outcomes).zip(0..) {
+                    match outcome {
+                        Ok(o) => total.add(o),
+                        Err(e) if attempt < MAX_RETRIES && retryable(&e) => {
+                            tracing::warn!(
+                                "a delete session of the batch was rolled back by the server ({e:#}); \
+                                 nothing of its part was deleted: retrying it ({}/{MAX_RETRIES})",
+                                attempt + 1
+                            );
+                            again.push(i);
+                            retry_conns.push(slot);
+                        }
+                        Err(e) => {
+                            // An open transaction is rolled back when its session goes away.
+                            self.delete_pool.clear();
+                            return Err(e.context(format!("deleting a batch on {server}")));
+                        }
+                    }
                 }
+                if !again.is_empty() {
+                    // A deadlock rolled the whole transaction back; a lock wait timeout only
+                    // the statement: end the transaction either way before the part runs again.
+                    for slot in retry_conns {
+                        let c = &mut self.delete_pool[slot];
+                        let rolled_back = self.rt.block_on(async {
+                            tokio::time::timeout(timeout, c.query_drop("ROLLBACK")).await
+                        });
+                        if !matches!(rolled_back, Ok(Ok(()))) {
+                            self.delete_pool.clear();
+                            bail!(
+                                "deleting a batch on {server}: a retried session could not roll back"
+                            );
+                        }
+                    }
+                    // Every session is now outside a transaction (the others committed), so
+                    // the parts to redo may run on any of them.
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100 * attempt as u64));
+                }
+                pending = again;
             }
         }
         Ok(total)
     }
+}
+
+/// How often one part of a batch is sent again after a deadlock or a lock wait timeout.
+const MAX_RETRIES: u32 = 5;
+
+/// True for the errors after which the server rolled the part back and it can simply run
+/// again: 1213 (deadlock, this session chosen as the victim) and 1205 (lock wait timeout).
+fn retryable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<mysql_async::Error>(),
+        Some(mysql_async::Error::Server(se)) if se.code == 1213 || se.code == 1205
+    )
 }
 
 /// What one session needs to purge its part of a batch.

@@ -27,12 +27,13 @@ use opskit_core::error::usage;
 use opskit_core::secret::read_secret_file;
 
 mod delete;
+mod lag;
 mod row;
 
 use self::row::{bson_to_mysql, encode_row};
 use super::{
     Anomalies, ArchivedDoc, DeleteOutcome, FreeSessions, PASSWORD_KEY, RangeStats, Record,
-    RecordSink, Source,
+    RecordSink, ReplicaLag, Source,
 };
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentWriter;
@@ -75,6 +76,12 @@ pub struct MysqlSource {
     info: Option<TableInfo>,
     delete_connections: usize,
     delete_pool: Vec<Conn>,
+    /// Replicas whose lag pauses the purge ([`lag`]).
+    replicas: Vec<lag::Replica>,
+    /// `archive.purge.discover_replicas`.
+    discover: bool,
+    /// Discovery ran.
+    discovered: bool,
 }
 
 /// Quotes an identifier with backticks.
@@ -103,6 +110,12 @@ impl MysqlSource {
             Duration::from_secs(config.source_timeout_secs.get()),
         )?;
         source.delete_connections = config.purge.connections.get() as usize;
+        for uri in &config.purge.replicas {
+            let r =
+                lag::Replica::from_uri(uri, &source.opts).map_err(|e| usage(format!("{e:#}")))?;
+            source.replicas.push(r);
+        }
+        source.discover = config.purge.discover_replicas;
         Ok(source)
     }
 
@@ -149,6 +162,9 @@ impl MysqlSource {
             info: None,
             delete_connections: 1,
             delete_pool: Vec::new(),
+            replicas: Vec::new(),
+            discover: false,
+            discovered: false,
         })
     }
 
@@ -566,9 +582,15 @@ impl Source for MysqlSource {
         }))
     }
 
+    /// The worst lag of the watched replicas; unknown (stopped, not answering) is infinite.
     fn replication_lag(&mut self) -> anyhow::Result<Option<f64>> {
-        // A primary does not know its replicas' lag; replicas are watched by `opskit mysql`.
-        Ok(None)
+        Ok(self
+            .worst_replica_lag()?
+            .map(|l| l.seconds.unwrap_or(f64::INFINITY)))
+    }
+
+    fn worst_replica(&mut self) -> anyhow::Result<Option<ReplicaLag>> {
+        self.worst_replica_lag()
     }
 
     fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {

@@ -1,0 +1,100 @@
+//! Issue 14: replica lag pauses the purge of a MySQL source (like pt-archiver's
+//! `--check-slave-lag`), on the lab's real replication topology (Master → Slave_01 → Slave_03,
+//! Master → Slave_02 → Slave_04). A stopped SQL thread makes `Seconds_Behind_Master` NULL,
+//! which counts as too much lag: the purge pauses, says so, and either goes on once the
+//! replica replicates again or stops after `max_lag_wait_secs` (exit 1, alert, resumable).
+
+mod archive_support;
+
+use std::time::Duration;
+
+use archive_support::*;
+use opskit_core::config::value::Positive;
+
+#[test]
+fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_once_it_replicates() {
+    let mut rig = Rig::on_replicated_master(1000, |c, mysql| {
+        // Slave_01 by name; Slave_02, Slave_03 (below Slave_01) and Slave_04 by discovery.
+        let s1 = mysql.get("Slave_01").unwrap();
+        c.archive.purge.replicas = vec![format!("mysql://{}:{}/", s1.address, s1.port)];
+        c.archive.purge.discover_replicas = true;
+        c.archive.purge.max_lag_secs = Positive::new(5);
+        c.archive.purge.max_lag_wait_secs = Positive::new(3);
+    });
+    let mysql = rig.mysql.clone().unwrap();
+    let s3 = mysql.get("Slave_03").unwrap();
+    let s3_name = format!("{}:{}", s3.address, s3.port);
+
+    let plan = rig.archive(&["plan", "--month", MONTH]);
+    assert!(
+        stdout(&plan).contains("SHOW SLAVE HOSTS") && stdout(&plan).contains("not replicating"),
+        "the plan says which replicas pause the purge: {}",
+        stdout(&plan)
+    );
+
+    // Two batches go through, then Slave_03 (a replica of a replica) stops applying.
+    let paused = rig.run_paused("purge:batch=3", "3");
+    mysql.sql("Slave_03", "STOP SLAVE SQL_THREAD").unwrap();
+    let (status, _, err) = paused.finish_with_output();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("purge paused"), "{err}");
+    assert!(
+        err.contains(&s3_name) && err.contains("not replicating"),
+        "the operator sees which replica and why: {err}"
+    );
+    assert_eq!(
+        rig.january_ids().len(),
+        1000 - 2 * 250,
+        "no batch after the pause began"
+    );
+    rig.assert_nothing_lost();
+    let alerts = rig.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["step"], "purge");
+    let text = alerts[0]["error"].as_str().unwrap();
+    assert!(
+        text.contains(&s3_name) && text.contains("max_lag_wait_secs") && text.contains("resume"),
+        "{text}"
+    );
+    let waited = rig.metric("purge_paused_seconds").unwrap();
+    assert!(waited >= 3.0, "paused {waited}s");
+
+    // The re-run pauses too until the replica applies again, then finishes the month.
+    rig.set_config(|c| c.archive.purge.max_lag_wait_secs = Positive::new(120));
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        mysql.sql("Slave_03", "START SLAVE SQL_THREAD").unwrap();
+    });
+    let out = rig.run();
+    restart.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("resuming the purge"), "{err}");
+    assert!(
+        err.contains("purge paused") && err.contains(&s3_name),
+        "{err}"
+    );
+    assert!(err.contains("the purge goes on"), "{err}");
+    let waited = rig.metric("purge_paused_seconds").unwrap();
+    assert!(waited > 0.5, "paused {waited}s");
+    rig.assert_month_archived();
+    assert_eq!(rig.alerts().len(), 1, "a pause that ends is no failure");
+    // The replicas applied every delete.
+    for name in ["Slave_01", "Slave_02", "Slave_03", "Slave_04"] {
+        let s = &rig.mysql.as_ref().unwrap().get(name).unwrap().server;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = s
+                .sql("SELECT COUNT(*) FROM test.user_logs WHERE create_on >= '2024-01-01' AND create_on < '2024-02-01'")
+                .unwrap();
+            if left.trim() == "0" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} still has {left} January rows"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
