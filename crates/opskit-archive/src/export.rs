@@ -87,6 +87,7 @@ impl StepAction for ExportStep {
             )));
         }
         crate::preflight::check_connections(job, &self.source).map_err(refused)?;
+        crate::preflight::check_replicas(&self.source).map_err(refused)?;
         crate::preflight::check_backup_host(job).map_err(refused)?;
         tracing::info!(
             count = stats.count,

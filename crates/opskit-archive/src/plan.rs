@@ -33,6 +33,8 @@ pub struct Observed {
     pub backup_host: Result<RemoteDir, String>,
     /// Why the purge's delete sessions would not fit on the source, if they would not.
     pub sessions: Option<String>,
+    /// Which watched replicas do not answer or are not replicas, if any.
+    pub replicas: Option<String>,
 }
 
 impl Observed {
@@ -49,6 +51,9 @@ impl Observed {
             p.push(format!("the backup host is not usable: {e}"));
         }
         if let Some(s) = &self.sessions {
+            p.push(s.clone());
+        }
+        if let Some(s) = &self.replicas {
             p.push(s.clone());
         }
         p
@@ -124,6 +129,9 @@ pub fn observe(job: &ArchiveJob, source: &SharedSource) -> anyhow::Result<Observ
     let sessions = crate::preflight::check_connections(job, source)
         .err()
         .map(|e| format!("{e:#}"));
+    let replicas = crate::preflight::check_replicas(source)
+        .err()
+        .map(|e| format!("{e:#}"));
     let estimate = estimate_disk(job, &stats)?;
     let staging = crate::preflight::staging_dir_problem(job.config.staging_dir.path());
     let control = std::env::temp_dir().join(format!("opskit-plan-ssh-{}", std::process::id()));
@@ -139,6 +147,7 @@ pub fn observe(job: &ArchiveJob, source: &SharedSource) -> anyhow::Result<Observ
         staging,
         backup_host,
         sessions,
+        replicas,
     })
 }
 
@@ -287,6 +296,9 @@ fn observed_facts(plan: &mut Plan, job: &ArchiveJob, o: &Observed) {
     );
     if let Some(s) = &o.sessions {
         plan.fact("delete sessions", format!("REFUSED: {s}"));
+    }
+    if let Some(s) = &o.replicas {
+        plan.fact("replica lag", format!("REFUSED: {s}"));
     }
 }
 

@@ -117,6 +117,22 @@ pub fn check_connections(job: &ArchiveJob, source: &SharedSource) -> anyhow::Res
     Ok(())
 }
 
+/// Every replica whose lag the purge watches answers and is a replica: a wrong entry in
+/// `archive.purge.replicas` is refused before the export instead of stalling the purge.
+/// (A replica that lags or whose replication is stopped is not refused: the purge waits.)
+pub fn check_replicas(source: &SharedSource) -> anyhow::Result<()> {
+    let bad = source.get()?.unwatchable_replicas().refusal()?;
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = bad.iter().map(|l| l.describe()).collect();
+    Err(refused(format!(
+        "the purge could not watch the lag of {}; fix archive.purge.replicas (or \
+         discover_replicas) or the replica, nothing was exported",
+        list.join("; ")
+    )))
+}
+
 /// A state directory path that was not valid UTF-8 reaches opskit as replacement characters
 /// (U+FFFD): refuse it rather than write somewhere else.
 pub fn check_utf8_path(what: &str, p: &Path) -> anyhow::Result<()> {

@@ -139,7 +139,10 @@ fn a_configured_burst_is_what_the_rate_checks_expect() {
     let report = probe::run(&rig.settings, &o).unwrap();
     print!("{}", report.render_table());
     assert!(report.passed(), "failed: {:?}", report.failed());
-    // The same server judged as if burst were 0 fails the exact 429 check.
+    // The same server judged as if burst were 0 fails the exact 429 check. The first probe
+    // ended with its bucket drained: wait until it holds the whole burst again (3 requests at
+    // 1.5 r/s refill in 2 s), or the strict check would see only one 200 and pass.
+    std::thread::sleep(std::time::Duration::from_secs(3));
     let strict = opskit_core::config::NginxConfig {
         api_burst: 0,
         ..rig.settings.clone()

@@ -25,6 +25,46 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
     let s3 = mysql.get("Slave_03").unwrap();
     let s3_name = format!("{}:{}", s3.address, s3.port);
 
+    // A replica entry that cannot be watched (nothing listens there; the master is no
+    // replica) is refused before the export: exit 3, nothing exported or deleted.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let master = mysql.get("Master").unwrap();
+    let good = rig.config.archive.purge.replicas.clone();
+    rig.set_config(|c| {
+        c.archive
+            .purge
+            .replicas
+            .push(format!("mysql://127.0.0.1:{dead_port}/"));
+        c.archive
+            .purge
+            .replicas
+            .push(format!("mysql://{}:{}/", master.address, master.port));
+    });
+    let plan = rig.archive(&["plan", "--month", MONTH]);
+    assert_eq!(plan.status.code(), Some(3), "{}", stdout(&plan));
+    assert!(
+        stdout(&plan).contains("REFUSED")
+            && stdout(&plan).contains(&format!("127.0.0.1:{dead_port}")),
+        "{}",
+        stdout(&plan)
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("127.0.0.1:{dead_port}")) && err.contains("does not answer"),
+        "{err}"
+    );
+    assert!(err.contains("it is not a replica"), "{err}");
+    rig.assert_untouched();
+    let before = rig.alerts().len();
+    assert_eq!(before, 1, "the refusal alerts once: {:?}", rig.alerts());
+    rig.set_config(|c| c.archive.purge.replicas = good);
+
     let plan = rig.archive(&["plan", "--month", MONTH]);
     assert!(
         stdout(&plan).contains("SHOW SLAVE HOSTS") && stdout(&plan).contains("not replicating"),
@@ -49,9 +89,9 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
     );
     rig.assert_nothing_lost();
     let alerts = rig.alerts();
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert_eq!(alerts[0]["step"], "purge");
-    let text = alerts[0]["error"].as_str().unwrap();
+    assert_eq!(alerts.len(), before + 1, "{alerts:?}");
+    assert_eq!(alerts[before]["step"], "purge");
+    let text = alerts[before]["error"].as_str().unwrap();
     assert!(
         text.contains(&s3_name) && text.contains("max_lag_wait_secs") && text.contains("resume"),
         "{text}"
@@ -78,7 +118,11 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
     let waited = rig.metric("purge_paused_seconds").unwrap();
     assert!(waited > 0.5, "paused {waited}s");
     rig.assert_month_archived();
-    assert_eq!(rig.alerts().len(), 1, "a pause that ends is no failure");
+    assert_eq!(
+        rig.alerts().len(),
+        before + 1,
+        "a pause that ends is no failure"
+    );
     // The replicas applied every delete.
     for name in ["Slave_01", "Slave_02", "Slave_03", "Slave_04"] {
         let s = &rig.mysql.as_ref().unwrap().get(name).unwrap().server;

@@ -54,7 +54,9 @@ fn plan_run_verify_restore_rerun_and_bad_dates_stay(backend: Backend) {
     assert_eq!(rig.metric("documents_deleted"), Some(ROWS as f64));
     assert_eq!(rig.metric("anomalies"), Some(4.0));
     assert_eq!(rig.metric("purge_batch_size"), Some(BATCH as f64));
-    assert!(rig.alerts().is_empty());
+    assert!(rig.alerts().is_empty(), "{:?}", rig.alerts());
+    // The month's 4 bad dates: one warning to the webhook, the run went on.
+    assert_eq!(rig.warnings().len(), 1, "{:?}", rig.webhook_posts());
     let log = stderr(&out);
     assert!(
         log.contains(&format!("purge (batch {BATCH})")),
@@ -81,6 +83,7 @@ fn plan_run_verify_restore_rerun_and_bad_dates_stay(backend: Backend) {
         "{}",
         stdout(&again)
     );
+    assert_eq!(rig.warnings().len(), 1, "a re-run does not warn again");
 
     let file = rig.local_file();
     let file = file.to_str().unwrap();

@@ -167,6 +167,10 @@ pub struct ReplicaLag {
     pub seconds: Option<f64>,
     /// Why the lag is unknown, for the operator.
     pub reason: String,
+    /// True when the replica cannot be watched at all: it does not answer, or it is not a
+    /// replica. A run refuses it before the export (a wrong entry in `archive.purge.replicas`
+    /// would otherwise stall the purge after the point of no return).
+    pub unwatchable: bool,
 }
 
 impl ReplicaLag {
@@ -248,7 +252,14 @@ pub trait Source: Send {
             replica: "the slowest replica".into(),
             seconds: Some(s),
             reason: String::new(),
+            unwatchable: false,
         }))
+    }
+
+    /// The watched replicas that cannot be watched (they do not answer or are not replicas),
+    /// checked before the export; empty when the source has none to watch.
+    fn unwatchable_replicas(&mut self) -> anyhow::Result<Vec<ReplicaLag>> {
+        Ok(Vec::new())
     }
 
     /// Inserts archived documents back, keeping documents already present (restore).

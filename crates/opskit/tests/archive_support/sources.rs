@@ -253,7 +253,24 @@ impl SourceRig {
             .join(name)
     }
 
+    /// The failure alerts the webhook received (the date-anomaly warnings left out).
     pub fn alerts(&self) -> Vec<serde_json::Value> {
+        self.webhook_posts()
+            .into_iter()
+            .filter(|a| a["step"] != opskit_archive::anomalies::STEP)
+            .collect()
+    }
+
+    /// The date-anomaly warnings the webhook received (one per month).
+    pub fn warnings(&self) -> Vec<serde_json::Value> {
+        self.webhook_posts()
+            .into_iter()
+            .filter(|a| a["step"] == opskit_archive::anomalies::STEP)
+            .collect()
+    }
+
+    /// Everything the webhook received, in order.
+    pub fn webhook_posts(&self) -> Vec<serde_json::Value> {
         self.lab.webhook().unwrap().received().unwrap()
     }
 

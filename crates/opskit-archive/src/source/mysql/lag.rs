@@ -76,6 +76,7 @@ impl Replica {
             replica: format!("replica {name}"),
             seconds: None,
             reason,
+            unwatchable: true,
         };
         let rows = tokio::time::timeout(REPLICA_TIMEOUT, async {
             if self.conn.is_none() {
@@ -152,6 +153,7 @@ fn lag_of_status(name: &str, rows: &[Row]) -> ReplicaLag {
             replica,
             seconds: None,
             reason: "it is not a replica (SHOW SLAVE STATUS is empty)".into(),
+            unwatchable: true,
         };
     }
     let text = |row: &Row, col: &str| row.get::<Option<String>, _>(col).flatten();
@@ -179,6 +181,7 @@ fn lag_of_status(name: &str, rows: &[Row]) -> ReplicaLag {
         replica,
         seconds: worst,
         reason,
+        unwatchable: false,
     }
 }
 
@@ -234,8 +237,8 @@ impl MysqlSource {
             })
     }
 
-    /// The replica lagging most, or `None` when no replica is watched.
-    pub(super) fn worst_replica_lag(&mut self) -> anyhow::Result<Option<ReplicaLag>> {
+    /// Every watched replica's lag (discovering them first when configured to).
+    fn replica_lags(&mut self) -> anyhow::Result<Vec<ReplicaLag>> {
         if self.discover && !self.discovered {
             self.discover_replicas()?;
             self.discovered = true;
@@ -249,13 +252,23 @@ impl MysqlSource {
                     .join(", ")
             );
         }
-        if self.replicas.is_empty() {
-            return Ok(None);
-        }
         let (rt, replicas) = (&self.rt, &mut self.replicas);
-        let lags = rt.block_on(futures_util::future::join_all(
+        Ok(rt.block_on(futures_util::future::join_all(
             replicas.iter_mut().map(|r| r.lag()),
-        ));
-        Ok(lags.into_iter().reduce(worse))
+        )))
+    }
+
+    /// The replica lagging most, or `None` when no replica is watched.
+    pub(super) fn worst_replica_lag(&mut self) -> anyhow::Result<Option<ReplicaLag>> {
+        Ok(self.replica_lags()?.into_iter().reduce(worse))
+    }
+
+    /// The watched replicas that do not answer or are not replicas.
+    pub(super) fn unwatchable_replica_lags(&mut self) -> anyhow::Result<Vec<ReplicaLag>> {
+        Ok(self
+            .replica_lags()?
+            .into_iter()
+            .filter(|l| l.unwatchable)
+            .collect())
     }
 }

@@ -593,6 +593,10 @@ impl Source for MysqlSource {
         self.worst_replica_lag()
     }
 
+    fn unwatchable_replicas(&mut self) -> anyhow::Result<Vec<ReplicaLag>> {
+        self.unwatchable_replica_lags()
+    }
+
     fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
         MysqlSource::insert_documents(self, docs)
     }
