@@ -335,36 +335,22 @@ impl Rig {
     /// The failure alerts the webhook received (the date-anomaly warnings left out: the run
     /// goes on after them; see [`Rig::warnings`]).
     pub fn alerts(&self) -> Vec<serde_json::Value> {
-        self.webhook_posts()
-            .into_iter()
-            .filter(|a| a["step"] != opskit_archive::anomalies::STEP)
-            .collect()
+        failure_alerts(&self.lab)
     }
 
     /// The date-anomaly warnings the webhook received.
     pub fn warnings(&self) -> Vec<serde_json::Value> {
-        self.webhook_posts()
-            .into_iter()
-            .filter(|a| a["step"] == opskit_archive::anomalies::STEP)
-            .collect()
+        anomaly_warnings(&self.lab)
     }
 
     /// Everything the webhook received, in order.
     pub fn webhook_posts(&self) -> Vec<serde_json::Value> {
-        self.lab.webhook().unwrap().received().unwrap()
+        webhook_posts(&self.lab)
     }
 
     /// A metric of the last run, from the Prometheus textfile.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = std::fs::read_to_string(
-            self.config
-                .general
-                .metrics_dir
-                .path()
-                .join("opskit_archive.prom"),
-        )
-        .ok()?;
-        opskit_core::metrics::sample_value(&text, &format!("opskit_archive_{name}"))
+        archive_metric(&self.config, name)
     }
 
     /// Every January row is in the table or in the remote archive; returns the archived ids.
@@ -411,6 +397,40 @@ impl Rig {
         );
         assert!(!self.remote_file(FILE).exists(), "an archive was uploaded");
     }
+}
+
+/// Everything the lab's webhook receiver got, in order.
+pub fn webhook_posts(lab: &Lab) -> Vec<serde_json::Value> {
+    lab.webhook().unwrap().received().unwrap()
+}
+
+/// The failure alerts the webhook got (the date-anomaly warnings left out).
+pub fn failure_alerts(lab: &Lab) -> Vec<serde_json::Value> {
+    webhook_posts(lab)
+        .into_iter()
+        .filter(|a| a["step"] != opskit_archive::anomalies::STEP)
+        .collect()
+}
+
+/// The date-anomaly warnings the webhook got (one per month).
+pub fn anomaly_warnings(lab: &Lab) -> Vec<serde_json::Value> {
+    webhook_posts(lab)
+        .into_iter()
+        .filter(|a| a["step"] == opskit_archive::anomalies::STEP)
+        .collect()
+}
+
+/// A metric of the last archive run, from `<metrics_dir>/opskit_archive.prom`.
+pub fn archive_metric(config: &Config, name: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(
+        config
+            .general
+            .metrics_dir
+            .path()
+            .join("opskit_archive.prom"),
+    )
+    .ok()?;
+    opskit_core::metrics::sample_value(&text, &format!("opskit_archive_{name}"))
 }
 
 /// Runs a command, prints what it said (for failing tests), returns its output.

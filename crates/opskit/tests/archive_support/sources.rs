@@ -16,7 +16,10 @@ use opskit_core::config::value::Positive;
 use opskit_lab::seed::{SeedCounts, SeedSpec};
 use opskit_lab::{Component, Lab, LabBuilder, MariadbServer, MongodbServer, SftpServer};
 
-use super::{MONTH, opskit_bin, run_logged, signal};
+use super::{
+    MONTH, anomaly_warnings, archive_metric, failure_alerts, opskit_bin, run_logged, signal,
+    webhook_posts,
+};
 
 /// The source a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,36 +258,22 @@ impl SourceRig {
 
     /// The failure alerts the webhook received (the date-anomaly warnings left out).
     pub fn alerts(&self) -> Vec<serde_json::Value> {
-        self.webhook_posts()
-            .into_iter()
-            .filter(|a| a["step"] != opskit_archive::anomalies::STEP)
-            .collect()
+        failure_alerts(&self.lab)
     }
 
-    /// The date-anomaly warnings the webhook received (one per month).
+    /// The date-anomaly warnings the webhook received.
     pub fn warnings(&self) -> Vec<serde_json::Value> {
-        self.webhook_posts()
-            .into_iter()
-            .filter(|a| a["step"] == opskit_archive::anomalies::STEP)
-            .collect()
+        anomaly_warnings(&self.lab)
     }
 
     /// Everything the webhook received, in order.
     pub fn webhook_posts(&self) -> Vec<serde_json::Value> {
-        self.lab.webhook().unwrap().received().unwrap()
+        webhook_posts(&self.lab)
     }
 
     /// A metric of the last run, from the Prometheus textfile.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = std::fs::read_to_string(
-            self.config
-                .general
-                .metrics_dir
-                .path()
-                .join("opskit_archive.prom"),
-        )
-        .ok()?;
-        opskit_core::metrics::sample_value(&text, &format!("opskit_archive_{name}"))
+        archive_metric(&self.config, name)
     }
 
     /// The ids in an archive file of this source (empty when it does not exist).
