@@ -7,7 +7,7 @@
 //! The HAProxy log is emptied before the fault (the lab owns it), so the doctor reads this
 //! incident only, as an operator would cut the log around an incident.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use opskit_doctor::DoctorReport;
@@ -42,17 +42,7 @@ impl Section for DoctorDrill {
             }
         };
         let mut step = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<String>| {
-            let clock = Instant::now();
-            let r = f();
-            let ok = r.is_ok();
-            report.push(Check::new(
-                RUNBOOK,
-                name,
-                ok,
-                r.unwrap_or_else(|e| format!("{e:#}")),
-                clock.elapsed().as_secs_f64(),
-            ));
-            ok
+            report.step(RUNBOOK, name, f)
         };
         let injected = step("inject HAProxy `timeout client 2s` (reload)", &mut || {
             std::fs::write(&hp.log_file, "").context("emptying the HAProxy log")?;

@@ -5,7 +5,7 @@
 //! ends in the tree it started in.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use opskit_core::config::Config;
@@ -43,17 +43,7 @@ impl Section for MysqlDrill {
         };
         let mut plan: Option<(String, String)> = None;
         let mut step = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<String>| {
-            let clock = Instant::now();
-            let r = f();
-            let ok = r.is_ok();
-            report.push(Check::new(
-                RUNBOOK,
-                name,
-                ok,
-                r.unwrap_or_else(|e| format!("{e:#}")),
-                clock.elapsed().as_secs_f64(),
-            ));
-            ok
+            report.step(RUNBOOK, name, f)
         };
         if !step("topology: every server answers, one master", &mut || {
             let (old, new, detail) = rig.topology()?;

@@ -57,6 +57,27 @@ impl DrillReport {
         }
     }
 
+    /// Runs one timed check: `f` returns what it observed, or why it failed. Returns whether
+    /// it passed, so a section can stop at a check the next ones depend on.
+    pub fn step(
+        &mut self,
+        runbook: &str,
+        name: &str,
+        f: &mut dyn FnMut() -> anyhow::Result<String>,
+    ) -> bool {
+        let clock = std::time::Instant::now();
+        let r = f();
+        let ok = r.is_ok();
+        self.push(Check::new(
+            runbook,
+            name,
+            ok,
+            r.unwrap_or_else(|e| format!("{e:#}")),
+            clock.elapsed().as_secs_f64(),
+        ));
+        ok
+    }
+
     /// Adds a check (and logs it).
     pub fn push(&mut self, c: Check) {
         if c.passed {

@@ -221,15 +221,7 @@ impl Rig {
     }
 
     pub fn opskit(&self) -> Command {
-        let mut c = Command::new(opskit_bin());
-        c.arg("--config")
-            .arg(&self.config_path)
-            .env_remove("OPSKIT_TEST_PAUSE_AT")
-            .env_remove("OPSKIT_TEST_PANIC_AT")
-            .env_remove("OPSKIT_ALERT_RECEIPT")
-            .env_remove("OPSKIT_CONFIG")
-            .env("NO_COLOR", "1");
-        c
+        opskit_with(&self.config_path)
     }
 
     pub fn archive(&self, args: &[&str]) -> Output {
@@ -242,32 +234,7 @@ impl Rig {
 
     /// Runs `opskit archive run` until it prints the pause line, then kills it with SIGKILL.
     pub fn run_and_kill_at(&self, pause_at: &str) {
-        let mut child = self
-            .opskit()
-            .args(["archive", "run", "--month", MONTH])
-            .env("OPSKIT_TEST_PAUSE_AT", pause_at)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[child] {line}");
-                if line.starts_with("OPSKIT_TEST_PAUSED") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let paused = rx.recv_timeout(Duration::from_secs(120));
-        signal(child.id(), nix::sys::signal::Signal::SIGKILL);
-        let status = child.wait().unwrap();
-        assert!(
-            paused.is_ok(),
-            "opskit never reached the pause point {pause_at}"
-        );
-        assert!(!status.success());
+        run_and_kill_at(&self.config_path, pause_at);
     }
 
     /// Starts `opskit archive <args>` that pauses for `secs` at `pause_at`, and returns once
@@ -397,6 +364,51 @@ impl Rig {
         );
         assert!(!self.remote_file(FILE).exists(), "an archive was uploaded");
     }
+}
+
+/// `opskit --config <config_path>`, free of the test hooks and config the environment may hold.
+pub fn opskit_with(config_path: &Path) -> Command {
+    let mut c = Command::new(opskit_bin());
+    c.arg("--config")
+        .arg(config_path)
+        .env_remove("OPSKIT_TEST_PAUSE_AT")
+        .env_remove("OPSKIT_TEST_PANIC_AT")
+        .env_remove("OPSKIT_ALERT_RECEIPT")
+        .env_remove("OPSKIT_CONFIG")
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// Echoes the child's stderr and waits until it prints its pause line; false after 180 s.
+pub fn wait_for_pause(child: &mut std::process::Child) -> bool {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[child] {line}");
+            if line.starts_with("OPSKIT_TEST_PAUSED") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(180)).is_ok()
+}
+
+/// Runs `opskit archive run --month MONTH` until it reaches `pause_at`, then kills it with
+/// SIGKILL.
+pub fn run_and_kill_at(config_path: &Path, pause_at: &str) {
+    let mut child = opskit_with(config_path)
+        .args(["archive", "run", "--month", MONTH])
+        .env("OPSKIT_TEST_PAUSE_AT", pause_at)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = wait_for_pause(&mut child);
+    signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+    let status = child.wait().unwrap();
+    assert!(paused, "opskit never reached the pause point {pause_at}");
+    assert!(!status.success());
 }
 
 /// Everything the lab's webhook receiver got, in order.

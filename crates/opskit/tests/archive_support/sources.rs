@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use opskit_core::config::Config;
 use opskit_core::config::value::Positive;
@@ -17,8 +16,8 @@ use opskit_lab::seed::{SeedCounts, SeedSpec};
 use opskit_lab::{Component, Lab, LabBuilder, MariadbServer, MongodbServer, SftpServer};
 
 use super::{
-    MONTH, anomaly_warnings, archive_metric, failure_alerts, opskit_bin, run_logged, signal,
-    webhook_posts,
+    MONTH, anomaly_warnings, archive_metric, failure_alerts, opskit_bin, opskit_with,
+    run_and_kill_at, run_logged, wait_for_pause, webhook_posts,
 };
 
 /// The source a test runs on.
@@ -190,15 +189,7 @@ impl SourceRig {
     }
 
     pub fn opskit(&self) -> Command {
-        let mut c = Command::new(opskit_bin());
-        c.arg("--config")
-            .arg(&self.config_path)
-            .env_remove("OPSKIT_TEST_PAUSE_AT")
-            .env_remove("OPSKIT_TEST_PANIC_AT")
-            .env_remove("OPSKIT_ALERT_RECEIPT")
-            .env_remove("OPSKIT_CONFIG")
-            .env("NO_COLOR", "1");
-        c
+        opskit_with(&self.config_path)
     }
 
     pub fn archive(&self, args: &[&str]) -> Output {
@@ -211,19 +202,7 @@ impl SourceRig {
 
     /// Runs `opskit archive run` until it reaches `pause_at`, then kills it with SIGKILL.
     pub fn run_and_kill_at(&self, pause_at: &str) {
-        let mut child = self
-            .opskit()
-            .args(["archive", "run", "--month", MONTH])
-            .env("OPSKIT_TEST_PAUSE_AT", pause_at)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let paused = wait_for_pause(&mut child);
-        signal(child.id(), nix::sys::signal::Signal::SIGKILL);
-        let status = child.wait().unwrap();
-        assert!(paused, "opskit never reached the pause point {pause_at}");
-        assert!(!status.success());
+        run_and_kill_at(&self.config_path, pause_at);
     }
 
     /// Starts `opskit archive run` paused for `secs` at `pause_at`; returns once it paused.
@@ -337,24 +316,4 @@ impl SourceRig {
             "remote and local archives differ"
         );
     }
-}
-
-/// Reads the child's stderr until the pause line (true) or its end (false); later lines are
-/// echoed by a thread.
-fn wait_for_pause(child: &mut std::process::Child) -> bool {
-    use std::io::BufRead as _;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[child] {line}");
-            if line.starts_with("OPSKIT_TEST_PAUSED") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(180)).is_ok()
 }
