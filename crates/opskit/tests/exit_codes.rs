@@ -107,6 +107,13 @@ fn read_only_commands_never_alert() {
         (vec!["lab", "status", "--dir", &lab], 0),
         (vec!["drill", "--dir", &lab], 2),
         (vec!["firewall", "render"], 0),
+        // Every input missing here (no HAProxy, no replicas): the doctor still reports, exit 0.
+        (vec!["mysql", "doctor"], 0),
+        // The admin password file does not exist: exit 2 before any connection.
+        (
+            vec!["mysql", "probe-idle", "--dsn", "mysql://app@127.0.0.1:1"],
+            2,
+        ),
     ];
     for (args, code) in cases {
         let (got, alerts) = f.run(&cfg, &args);
