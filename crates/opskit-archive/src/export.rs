@@ -13,6 +13,7 @@ use anyhow::{Context as _, anyhow};
 use opskit_core::plan::{StepAction, StepContext, StepError, StepResult};
 
 use crate::job::{ArchiveJob, SharedSource};
+use crate::segment::SegmentLog;
 use crate::source::{Record, RecordSink};
 use crate::staged::{
     ArchiveIdentity, ArchiveManifest, ArchiveWriter, FileIdentity, remove_if_same, verify_local,
@@ -112,6 +113,18 @@ impl StepAction for ExportStep {
         if let Some(sha) = job.uploaded_sha() {
             return reuse_uploaded(job, &sha, cx);
         }
+        if let Some(log) = SegmentLog::load(job).map_err(failed)? {
+            if log.finished {
+                return reuse_finished(job, cx);
+            }
+            if !log.segments.is_empty() {
+                let m = crate::segment::recover(job, log).map_err(failed)?;
+                record_archive(cx, job, &m);
+                return Ok(());
+            }
+            // Nothing was verified by the interrupted run: start over.
+            let _ = std::fs::remove_file(job.segment_log_path());
+        }
         let mut s = self.source.get().map_err(failed)?;
         let identity = ArchiveIdentity {
             source: s.describe(),
@@ -123,6 +136,13 @@ impl StepAction for ExportStep {
             bounds: job.bounds.clone(),
         };
         let expected = s.range_stats(&job.bounds).map(|r| r.count).ok();
+        if expected.is_some_and(|n| n > job.config.segment_docs.get()) {
+            drop(s);
+            let m = crate::segment::export_segmented(job, &self.source, identity, expected, cx)
+                .map_err(failed)?;
+            record_archive(cx, job, &m);
+            return Ok(());
+        }
         let mut writer = ArchiveWriter::create(
             &local,
             job.config.compression_level,
@@ -192,7 +212,13 @@ impl StepAction for ExportStep {
 
     fn verify(&mut self, _cx: &mut StepContext) -> StepResult {
         let m = self.job.load_manifest().map_err(failed)?;
-        verify_local(&self.job.local_path(), &m).map_err(failed)?;
+        if m.segments.is_empty() {
+            verify_local(&self.job.local_path(), &m).map_err(failed)?;
+        } else {
+            // Every segment was hashed as written and matched on the backup host: the file
+            // must still be those bytes.
+            check_sha(&self.job.local_path(), &m).map_err(failed)?;
+        }
         Ok(())
     }
 
@@ -281,6 +307,37 @@ fn reuse_uploaded(job: &ArchiveJob, sha: &str, cx: &mut StepContext) -> StepResu
         local.display()
     );
     record_archive(cx, job, &m);
+    Ok(())
+}
+
+/// The local file of a finished segmented pass, checked against its manifest, for a
+/// resumed run (its documents were being purged; the upload step may not have run).
+fn reuse_finished(job: &ArchiveJob, cx: &mut StepContext) -> StepResult {
+    let local = job.local_path();
+    let m = job
+        .load_manifest()
+        .and_then(|m| check_sha(&local, &m).map(|()| m))
+        .map_err(failed)?;
+    tracing::info!(
+        "reusing {}: its {} segments were verified on the backup host",
+        local.display(),
+        m.segments.len()
+    );
+    record_archive(cx, job, &m);
+    Ok(())
+}
+
+/// The file at `path` has the manifest's size and sha256.
+pub fn check_sha(path: &std::path::Path, m: &ArchiveManifest) -> anyhow::Result<()> {
+    let (sha, len) = crate::staged::sha256_file(path)?;
+    if sha != m.sha256 || len != m.compressed_bytes {
+        anyhow::bail!(
+            "{} has {len} bytes, sha256 {sha}; its manifest says {} bytes, sha256 {}",
+            path.display(),
+            m.compressed_bytes,
+            m.sha256
+        );
+    }
     Ok(())
 }
 

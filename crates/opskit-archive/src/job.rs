@@ -143,6 +143,13 @@ impl ArchiveJob {
             .join(format!("{}.purge.json", self.run_key()))
     }
 
+    /// The segment log of a segmented pass (see [`crate::segment::SegmentLog`]).
+    pub fn segment_log_path(&self) -> PathBuf {
+        self.state_dir
+            .join("archive")
+            .join(format!("{}.segments.json", self.run_key()))
+    }
+
     /// Written once the archive is at its final name on the backup host (holds its sha256).
     /// From then on the staged archive is never removed nor re-exported: the remote copy and
     /// the local one must stay the same file.

@@ -191,6 +191,19 @@ pub fn build_plan(job: &ArchiveJob, source: &SharedSource, observed: Option<&Obs
                 remote_path(&c.sftp.remote_dir, &job.file_name())
             ),
         );
+    plan.fact(
+        "segments",
+        format!(
+            "a month of more than {n} documents is archived in segments of {n}: each is appended to {tmp} on {host}, fsynced, \
+             read back and matched against its sha256, and only then are its documents deleted, while the next segment is exported. \
+             Point of no return: the first verified segment; until the upload step gives the file its final name, the documents \
+             deleted so far live in {tmp} (and in the staged .partial). A month of at most {n} documents runs export → upload → \
+             commit → purge one after the other",
+            n = c.segment_docs,
+            tmp = remote_path(&c.sftp.remote_dir, &temp_name(&job.file_name())),
+            host = c.sftp.host
+        ),
+    );
     if let Some(r) = replicas_fact(job) {
         plan.fact("replicas", r);
     }
@@ -313,8 +326,10 @@ fn add_steps(plan: &mut Plan, job: &ArchiveJob, source: &SharedSource) {
         StepSpec::new(
             "export",
             format!(
-                "Export the month's documents to {} ({} gzip level {}), then fsync, rename and write the manifest",
-                file, crate::staged::FORMAT, c.compression_level
+                "Export the month's documents to {} ({} gzip level {}), then fsync, rename and write the manifest; \
+                 a month of more than {} documents is exported in segments, each uploaded, read back, matched and then purged \
+                 while the next one is exported (see `segments` above)",
+                file, crate::staged::FORMAT, c.compression_level, c.segment_docs
             ),
         )
         .command(export_sql)

@@ -69,6 +69,20 @@ impl PurgeCheckpoint {
         }
     }
 
+    /// Re-labels the checkpoint of a segmented run (`from`, its run id) with the finished
+    /// archive's sha256 (`to`), so the purge step resumes it. Nothing to do without one.
+    pub fn rebind(path: &Path, from: &str, to: &str) -> anyhow::Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let mut ck = match PurgeCheckpoint::load(path, to) {
+            Ok(ck) => return ck.save(path),
+            Err(_) => PurgeCheckpoint::load(path, from)?,
+        };
+        ck.sha256 = to.to_string();
+        ck.save(path)
+    }
+
     fn save(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
             opskit_core::util::create_private_dir_all(dir)?;
@@ -164,71 +178,203 @@ fn purge(
     m: &ArchiveManifest,
     cx: &mut StepContext,
 ) -> anyhow::Result<PurgeCheckpoint> {
-    let started = Instant::now();
-    let ck_path = job.purge_checkpoint();
-    let mut ck = PurgeCheckpoint::load(&ck_path, &m.sha256)?;
-    if ck.sent > 0 {
-        tracing::info!(
-            sent = ck.sent,
-            deleted = ck.deleted,
-            batches = ck.batches,
-            "resuming the purge from {}",
-            ck_path.display()
+    let progress = cx.progress("purge", Some(m.count), "docs");
+    let mut purger = Purger::new(job, source, &m.sha256, m.count, progress)?;
+    let fed = feed_from_file(job, &mut purger, file, m);
+    let (ck, stats) = purger.finish();
+    stats.record(cx);
+    fed?;
+    if ck.sent != m.count {
+        bail!(
+            "the purge sent {} documents but the archive holds {}",
+            ck.sent,
+            m.count
         );
     }
-    let pause = Duration::from_millis(job.config.purge.pause_ms);
-    let mut sizer = BatchSizer::from_config(&job.config.purge);
-    let (mut smallest, mut largest, mut retries) = (usize::MAX, 0usize, 0u64);
-    // Both written by every purge (0 retries included), so dashboards always see them.
-    cx.gauge("purge_batch_size", sizer.size() as f64);
-    cx.count("purge_batch_retries", 0.0);
-    let mut reader = documents_of(file);
-    let mut progress = cx.progress("purge", Some(m.count), "docs");
-    progress.set_message(&batch_label(sizer.size()));
-    progress.inc(ck.sent);
-    // Read ahead from the archive; a batch is the front of it, removed once deleted (a
-    // timed-out batch stays and is retried smaller).
-    let mut pending: VecDeque<ArchivedDoc> = VecDeque::new();
-    let mut position = 0u64;
-    let mut end = false;
-    let mut now = DeleteOutcome::default();
-    let mut paused_secs = 0.0;
-    loop {
-        while !end && pending.len() < sizer.size() {
-            let doc = reader.next_document().with_context(|| {
-                format!("reading documents back from {}", job.local_path().display())
-            })?;
-            let Some(doc) = doc else {
-                end = true;
-                break;
-            };
+    Ok(ck)
+}
+
+/// Reads the documents the checkpoint does not hold back from `file` and purges them.
+fn feed_from_file(
+    job: &ArchiveJob,
+    purger: &mut Purger<'_>,
+    file: File,
+    m: &ArchiveManifest,
+) -> anyhow::Result<()> {
+    if purger.done() < m.count {
+        let mut reader = documents_of(file);
+        let mut position = 0u64;
+        while let Some(doc) = reader.next_document().with_context(|| {
+            format!("reading documents back from {}", job.local_path().display())
+        })? {
             position += 1;
-            if position > ck.sent {
-                let id = doc
-                    .get(&m.id_field)
-                    .with_context(|| format!("document {position}: reading `{}`", m.id_field))?
-                    .with_context(|| format!("document {position} has no `{}`", m.id_field))?;
-                pending.push_back(ArchivedDoc {
-                    id: id.to_raw_bson().try_into().map_err(|e| {
-                        anyhow!(
-                            "document {position}: `{}` is not a valid id: {e}",
-                            m.id_field
-                        )
-                    })?,
-                    raw: doc.to_owned(),
-                });
+            if position <= purger.done() {
+                purger.queued += 1;
+                continue;
             }
+            let id = doc
+                .get(&m.id_field)
+                .with_context(|| format!("document {position}: reading `{}`", m.id_field))?
+                .with_context(|| format!("document {position} has no `{}`", m.id_field))?;
+            purger.push(ArchivedDoc {
+                id: id.to_raw_bson().try_into().map_err(|e| {
+                    anyhow!(
+                        "document {position}: `{}` is not a valid id: {e}",
+                        m.id_field
+                    )
+                })?,
+                raw: doc.to_owned(),
+            });
+            purger.run(false)?;
         }
-        if pending.is_empty() {
-            break;
+    }
+    purger.run(true)
+}
+
+/// What a purge did, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeStats {
+    /// What this process's batches found (not the checkpoint's totals across runs).
+    pub now: DeleteOutcome,
+    /// Batches retried smaller after a timeout.
+    pub retries: u64,
+    /// Seconds paused for replica lag.
+    pub paused_secs: f64,
+    /// Seconds from the first to the last batch.
+    pub secs: f64,
+    /// The batch size the next batch would use.
+    pub batch_size: usize,
+}
+
+impl PurgeStats {
+    /// Writes the purge metrics of this run.
+    pub fn record(&self, cx: &mut StepContext) {
+        cx.gauge("purge_batch_size", self.batch_size as f64);
+        cx.count("purge_batch_retries", self.retries as f64);
+        cx.count("documents_deleted", self.now.deleted as f64);
+        cx.count("documents_changed_since_export", self.now.changed as f64);
+        cx.count("documents_already_gone", self.now.gone as f64);
+        // Archived documents still in the source after the purge: only those changed since.
+        cx.count("delete_shortfall", self.now.changed as f64);
+        cx.gauge("purge_seconds", self.secs);
+        cx.count("purge_paused_seconds", self.paused_secs);
+    }
+}
+
+/// Deletes archived documents, in file order, in adaptive batches, checkpointing after every
+/// batch; shared by the purge step (documents read back from the verified file) and the
+/// segmented export (documents of each verified segment). A batch is the front of the queue,
+/// removed once deleted; a timed-out batch stays and is retried smaller.
+pub struct Purger<'a> {
+    job: &'a ArchiveJob,
+    source: &'a SharedSource,
+    ck_path: std::path::PathBuf,
+    ck: PurgeCheckpoint,
+    /// Documents queued so far, counting those the checkpoint says were already sent.
+    queued: u64,
+    total: u64,
+    sizer: BatchSizer,
+    pause: Duration,
+    pending: VecDeque<ArchivedDoc>,
+    progress: Progress,
+    started: Instant,
+    smallest: usize,
+    largest: usize,
+    stats: PurgeStats,
+}
+
+impl<'a> Purger<'a> {
+    /// A purge of the archive `identity` (its sha256, or a segmented run's id) holding
+    /// `total` documents, resuming from its checkpoint.
+    pub fn new(
+        job: &'a ArchiveJob,
+        source: &'a SharedSource,
+        identity: &str,
+        total: u64,
+        mut progress: Progress,
+    ) -> anyhow::Result<Purger<'a>> {
+        let ck_path = job.purge_checkpoint();
+        let ck = PurgeCheckpoint::load(&ck_path, identity)?;
+        if ck.sent > 0 {
+            tracing::info!(
+                sent = ck.sent,
+                deleted = ck.deleted,
+                batches = ck.batches,
+                "resuming the purge from {}",
+                ck_path.display()
+            );
         }
-        let n = sizer.size().min(pending.len());
-        let number = ck.batches + 1;
+        let sizer = BatchSizer::from_config(&job.config.purge);
+        progress.set_message(&batch_label(sizer.size()));
+        progress.inc(ck.sent);
+        Ok(Purger {
+            job,
+            source,
+            ck_path,
+            queued: 0,
+            ck,
+            total,
+            pause: Duration::from_millis(job.config.purge.pause_ms),
+            stats: PurgeStats {
+                batch_size: sizer.size(),
+                ..Default::default()
+            },
+            sizer,
+            pending: VecDeque::new(),
+            progress,
+            started: Instant::now(),
+            smallest: usize::MAX,
+            largest: 0,
+        })
+    }
+
+    /// Documents sent so far (the checkpoint): a prefix of the file.
+    pub fn done(&self) -> u64 {
+        self.ck.sent
+    }
+
+    /// Queues the next document of the file (skipped when the checkpoint holds it).
+    pub fn push(&mut self, doc: ArchivedDoc) {
+        self.queued += 1;
+        if self.queued > self.ck.sent {
+            self.pending.push_back(doc);
+        }
+    }
+
+    /// Queues the documents at file positions `first + 1 ..` (`first` must be the number of
+    /// documents queued so far); those the checkpoint already holds are skipped.
+    pub fn push_from(&mut self, first: u64, docs: Vec<ArchivedDoc>) -> anyhow::Result<()> {
+        if first != self.queued {
+            bail!(
+                "internal: documents from position {} queued after position {}",
+                first + 1,
+                self.queued
+            );
+        }
+        for doc in docs {
+            self.push(doc);
+        }
+        Ok(())
+    }
+
+    /// Deletes full batches; with `all`, also the last, shorter one.
+    pub fn run(&mut self, all: bool) -> anyhow::Result<()> {
+        while !self.pending.is_empty() && (all || self.pending.len() >= self.sizer.size()) {
+            self.batch()?;
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self) -> anyhow::Result<()> {
+        let (job, ck_total) = (self.job, self.total);
+        let n = self.sizer.size().min(self.pending.len());
+        let number = self.ck.batches + 1;
+        let ck = &self.ck;
         opskit_core::interrupt::check(
             || {
                 format!(
-                    "before purge batch {number}: {} of {} documents done ({} deleted)",
-                    ck.sent, m.count, ck.deleted
+                    "before purge batch {number}: {} of {ck_total} documents done ({} deleted)",
+                    ck.sent, ck.deleted
                 )
             },
             || {
@@ -240,19 +386,23 @@ fn purge(
         )?;
         pause_point("purge", "batch", number);
         panic_point("purge", "batch", number);
-        if let Err(e) = wait_for_lag(job, source, &mut progress, &mut paused_secs) {
-            cx.count("purge_paused_seconds", paused_secs);
+        if let Err(e) = wait_for_lag(
+            job,
+            self.source,
+            &mut self.progress,
+            &mut self.stats.paused_secs,
+        ) {
             return Err(e.context(format!(
-                "the purge stopped before batch {number}: {} of {} documents done ({} deleted), nothing lost; \
+                "the purge stopped before batch {number}: {} of {ck_total} documents done ({} deleted), nothing lost; \
                  run `opskit archive run --month {}` again to resume",
-                ck.sent, m.count, ck.deleted, job.bounds.month
+                self.ck.sent, self.ck.deleted, job.bounds.month
             )));
         }
         // The lag wait may have written its own message: show the batch size again.
-        progress.set_message(&batch_label(sizer.size()));
-        let batch = &pending.make_contiguous()[..n];
+        self.progress.set_message(&batch_label(self.sizer.size()));
+        let batch = &self.pending.make_contiguous()[..n];
         let started_batch = Instant::now();
-        let result = source.get()?.delete_archived(batch, &job.bounds);
+        let result = self.source.get()?.delete_archived(batch, &job.bounds);
         let took = started_batch.elapsed();
         let o = match result {
             Ok(o) => o,
@@ -260,21 +410,20 @@ fn purge(
                 let Some(t) = DeleteTimedOut::find(&e) else {
                     return Err(e.context(format!("deleting batch {number} ({n} documents)")));
                 };
-                let Some(next) = sizer.timed_out(n, t.limit) else {
+                let Some(next) = self.sizer.timed_out(n, t.limit) else {
                     return Err(e.context(format!(
                         "deleting batch {number} ({n} documents, archive.purge.min_batch_size): \
                          it timed out at the smallest batch allowed; re-run to resume the purge"
                     )));
                 };
-                retries += 1;
-                cx.count("purge_batch_retries", 1.0);
-                cx.gauge("purge_batch_size", next as f64);
+                self.stats.retries += 1;
+                self.stats.batch_size = next;
                 tracing::warn!(
                     batch = number,
                     "{t}: retrying it as batches of {next} (deleting by id is idempotent)"
                 );
-                progress.set_message(&batch_label(next));
-                continue;
+                self.progress.set_message(&batch_label(next));
+                return Ok(());
             }
         };
         if o.total() != n as u64 {
@@ -300,67 +449,62 @@ fn purge(
                 o.gone
             );
         }
+        let ck = &mut self.ck;
         ck.sent += n as u64;
         ck.deleted += o.deleted;
         ck.changed += o.changed;
         ck.gone += o.gone;
         ck.batches += 1;
-        ck.save(&ck_path)?;
-        now.add(o);
-        progress.inc(n as u64);
-        pending.drain(..n);
-        smallest = smallest.min(n);
-        largest = largest.max(n);
-        match sizer.finished(n, took) {
+        ck.save(&self.ck_path)?;
+        self.stats.now.add(o);
+        self.progress.inc(n as u64);
+        self.pending.drain(..n);
+        self.smallest = self.smallest.min(n);
+        self.largest = self.largest.max(n);
+        match self.sizer.finished(n, took) {
             Change::Kept => {}
             Change::Grew(next) | Change::Shrank(next) => {
                 tracing::debug!(
                     batch = number,
                     "{n} documents in {took:.2?} (target {:?}): next batch {next}",
-                    sizer.target()
+                    self.sizer.target()
                 );
-                progress.set_message(&batch_label(next));
+                self.progress.set_message(&batch_label(next));
             }
         }
-        cx.gauge("purge_batch_size", sizer.size() as f64);
-        let last = end && pending.is_empty();
-        if !pause.is_zero() && !last {
-            std::thread::sleep(pause);
+        self.stats.batch_size = self.sizer.size();
+        let last = self.pending.is_empty() && self.queued >= self.total;
+        if !self.pause.is_zero() && !last {
+            std::thread::sleep(self.pause);
         }
+        Ok(())
     }
-    progress.finish();
-    if ck.sent != m.count {
-        bail!(
-            "the purge sent {} documents but the archive holds {}",
-            ck.sent,
-            m.count
+
+    /// Ends the purge: its checkpoint and what this run did.
+    pub fn finish(self) -> (PurgeCheckpoint, PurgeStats) {
+        self.progress.finish();
+        let mut stats = self.stats;
+        stats.secs = self.started.elapsed().as_secs_f64();
+        let ck = self.ck;
+        let sizes = if self.largest == 0 {
+            "no batch".to_string()
+        } else if self.smallest == self.largest {
+            format!("batches of {}", self.largest)
+        } else {
+            format!("batches of {} to {}", self.smallest, self.largest)
+        };
+        tracing::info!(
+            deleted = ck.deleted,
+            changed = ck.changed,
+            gone = ck.gone,
+            batches = ck.batches,
+            retries = stats.retries,
+            "purge done in {:.1}s ({sizes}, next {})",
+            stats.secs,
+            stats.batch_size
         );
+        (ck, stats)
     }
-    let secs = started.elapsed().as_secs_f64();
-    let sizes = if largest == 0 {
-        "no batch".to_string()
-    } else if smallest == largest {
-        format!("batches of {largest}")
-    } else {
-        format!("batches of {smallest} to {largest}")
-    };
-    tracing::info!(
-        deleted = ck.deleted,
-        changed = ck.changed,
-        gone = ck.gone,
-        batches = ck.batches,
-        retries,
-        "purge done in {secs:.1}s ({sizes}, next {})",
-        sizer.size()
-    );
-    cx.count("documents_deleted", now.deleted as f64);
-    cx.count("documents_changed_since_export", now.changed as f64);
-    cx.count("documents_already_gone", now.gone as f64);
-    // Archived documents still in the source after the purge: only those changed since.
-    cx.count("delete_shortfall", now.changed as f64);
-    cx.gauge("purge_seconds", secs);
-    cx.count("purge_paused_seconds", paused_secs);
-    Ok(ck)
 }
 
 /// The purge's progress label: `purge (batch 250)`.

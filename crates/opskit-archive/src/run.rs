@@ -275,7 +275,23 @@ fn visit_month(
     }
     panic_point("plan", "build", 1);
     let plan = build_plan(&job, &source, None);
-    execute(plan).map_err(Fail::Alerted)
+    let status = execute(plan).map_err(Fail::Alerted)?;
+    let cut_short = crate::segment::SegmentLog::load(&job)
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.cut_short);
+    if status.code() == 0 && cut_short {
+        // Closed early with the segments an interrupted run had verified: the month's other
+        // documents are archived now, by the next pass.
+        drop(_lock);
+        drop(source);
+        tracing::info!(
+            "{month}: archiving the rest of the month in late pass {}",
+            job.pass + 1
+        );
+        return visit_month(config, state_dir, month, visit, false, execute, say);
+    }
+    Ok(status)
 }
 
 /// Raises the alert for a failure outside the engine.

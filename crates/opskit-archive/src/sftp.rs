@@ -34,6 +34,9 @@ use tokio::io::AsyncSeek as _;
 use crate::staged::ArchiveManifest;
 use crate::testhook::pause_point;
 
+mod append;
+pub use append::{AppendTimes, RemoteAppend};
+
 /// The backup host presented a key that known_hosts does not hold for it: a changed server
 /// (reinstalled, or someone in the middle). ssh refuses, and so does opskit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -474,15 +477,31 @@ impl BackupHost {
                 m.sha256
             );
         }
+        if let Some(outcome) = self.link_final(sftp, &tmp_path, &final_path, m).await? {
+            return Ok(outcome);
+        }
+        self.put_manifest(sftp, m).await?;
+        Ok(UploadOutcome::Uploaded)
+    }
+
+    /// Hard-links (or renames, without hard links) the verified temporary file to the final
+    /// name, never overwriting; removes the temporary name; checks the final size. Returns
+    /// `Some(AlreadyThere)` when an identical final file appeared meanwhile.
+    async fn link_final(
+        &self,
+        sftp: &Sftp,
+        tmp_path: &str,
+        final_path: &str,
+        m: &ArchiveManifest,
+    ) -> anyhow::Result<Option<UploadOutcome>> {
         let mut fs = sftp.fs();
         if sftp.support_hardlink() {
             // link(2) never replaces an existing name: the final name cannot be clobbered.
-            if let Err(e) = within(self.timeout, "link", fs.hard_link(&tmp_path, &final_path)).await
-            {
-                return match self.state_of(sftp, &final_path, m).await? {
+            if let Err(e) = within(self.timeout, "link", fs.hard_link(tmp_path, final_path)).await {
+                return match self.state_of(sftp, final_path, m).await? {
                     RemoteState::Same => {
-                        let _ = within(self.timeout, "remove", fs.remove_file(&tmp_path)).await;
-                        Ok(UploadOutcome::AlreadyThere)
+                        let _ = within(self.timeout, "remove", fs.remove_file(tmp_path)).await;
+                        Ok(Some(UploadOutcome::AlreadyThere))
                     }
                     _ => Err(e.context(format!(
                         "linking {tmp_path} to {final_path} on {}",
@@ -493,11 +512,11 @@ impl BackupHost {
             within(
                 self.timeout,
                 &format!("removing {tmp_path} on {}", self.host),
-                fs.remove_file(&tmp_path),
+                fs.remove_file(tmp_path),
             )
             .await?;
         } else {
-            if self.remote_len(sftp, &final_path).await.is_some() {
+            if self.remote_len(sftp, final_path).await.is_some() {
                 bail!(
                     "{final_path} on {} appeared during the upload; refusing to overwrite it",
                     self.host
@@ -506,11 +525,11 @@ impl BackupHost {
             within(
                 self.timeout,
                 &format!("renaming {tmp_path} to {final_path} on {}", self.host),
-                fs.rename(&tmp_path, &final_path),
+                fs.rename(tmp_path, final_path),
             )
             .await?;
         }
-        match self.remote_len(sftp, &final_path).await {
+        match self.remote_len(sftp, final_path).await {
             Some(l) if l == m.compressed_bytes => {}
             other => bail!(
                 "{final_path} on {} has size {other:?} after the rename, expected {}",
@@ -518,8 +537,7 @@ impl BackupHost {
                 m.compressed_bytes
             ),
         }
-        self.put_manifest(sftp, m).await?;
-        Ok(UploadOutcome::Uploaded)
+        Ok(None)
     }
 
     /// How many bytes of a leftover temp file can be kept: its size when it is no longer

@@ -19,20 +19,17 @@
 //! file it created.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufReader, Read, Seek};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
 
 use anyhow::{Context as _, bail};
-use bson::Bson;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentReader;
-use crate::source::{Record, RecordSink};
+pub use crate::writer::ArchiveWriter;
 
 /// The mode of staged archives and manifests.
 pub const FILE_MODE: u32 = 0o600;
@@ -98,7 +95,7 @@ pub fn create_fresh(path: &Path) -> anyhow::Result<File> {
 /// The format tag written in every manifest.
 pub const FORMAT: &str = "bson-concat+gzip/v1";
 
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// What an archive holds, written beside it and uploaded with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +142,38 @@ pub struct ArchiveManifest {
     pub opskit_version: String,
     /// How to restore it (the same words as `opskit archive restore --help` and the runbook).
     pub restore: Vec<String>,
+    /// The segments of a segmented archive, in file order (empty for a classic one): each
+    /// was appended to the remote file, read back and matched before its documents were
+    /// deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentEntry>,
+}
+
+/// One segment of a segmented archive: where its bytes lie, their sha256, and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// 1, 2, … in file order.
+    pub index: u32,
+    /// How many documents of the file come before it.
+    pub first_doc: u64,
+    /// Documents in it.
+    pub docs: u64,
+    /// Uncompressed bytes of its documents.
+    pub raw_bytes: u64,
+    /// Its first byte in the file.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// sha256 of its bytes, hex.
+    pub sha256: String,
+    /// Smallest date value in it.
+    pub min_date: Option<String>,
+    /// Largest date value in it.
+    pub max_date: Option<String>,
+    /// Its first document's id (relaxed Extended JSON).
+    pub first_id: Option<serde_json::Value>,
+    /// Its last document's id (relaxed Extended JSON).
+    pub last_id: Option<serde_json::Value>,
 }
 
 impl ArchiveManifest {
@@ -175,7 +204,7 @@ impl ArchiveManifest {
 }
 
 /// Identity of the archive being written, for the manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArchiveIdentity {
     /// See [`ArchiveManifest::source`].
     pub source: String,
@@ -191,345 +220,6 @@ pub struct ArchiveIdentity {
     pub pass: u32,
     /// See [`ArchiveManifest::bounds`].
     pub bounds: MonthBounds,
-}
-
-/// A writer that counts and hashes what passes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-struct Compressed {
-    sha256: String,
-    bytes: u64,
-}
-
-/// Streams records into `<path>.partial`; [`ArchiveWriter::finish`] makes it final.
-pub struct ArchiveWriter {
-    path: PathBuf,
-    partial: PathBuf,
-    partial_id: FileIdentity,
-    finished: bool,
-    identity: ArchiveIdentity,
-    buf: Vec<u8>,
-    tx: Option<SyncSender<(u64, Vec<u8>)>>,
-    seq: u64,
-    recycled: Receiver<Vec<u8>>,
-    worker: Option<JoinHandle<anyhow::Result<Compressed>>>,
-    count: u64,
-    raw_bytes: u64,
-    min_date: Option<String>,
-    max_date: Option<String>,
-    first_id: Option<Bson>,
-    last_id: Option<Bson>,
-    on_chunk: Option<Box<dyn FnMut(u64, u64) + Send>>,
-}
-
-impl ArchiveWriter {
-    /// Creates `<path>.partial` afresh (see [`create_fresh`]) and starts `threads` compressor
-    /// threads (0: one per core) at gzip `level`.
-    pub fn create(
-        path: &Path,
-        level: u32,
-        threads: usize,
-        identity: ArchiveIdentity,
-    ) -> anyhow::Result<Self> {
-        let partial = partial_path(path);
-        let file = create_fresh(&partial)?;
-        let partial_id = FileIdentity::of_file(&file)
-            .with_context(|| format!("inspecting {}", partial.display()))?;
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
-        let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(threads + 2);
-        let (back_tx, recycled) = sync_channel::<Vec<u8>>(threads + 4);
-        let (member_tx, member_rx) = sync_channel::<(u64, Vec<u8>)>(threads + 2);
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..threads {
-            let (rx, member_tx, back_tx) = (rx.clone(), member_tx.clone(), back_tx.clone());
-            std::thread::Builder::new()
-                .name(format!("archive-gzip-{i}"))
-                .spawn(move || compress_members(&rx, &member_tx, &back_tx, level))
-                .context("starting a compressor thread")?;
-        }
-        drop(member_tx);
-        let name = partial.display().to_string();
-        let worker = std::thread::Builder::new()
-            .name("archive-write".into())
-            .spawn(move || write_members(member_rx, file, &name))
-            .context("starting the archive writer thread")?;
-        Ok(ArchiveWriter {
-            path: path.to_path_buf(),
-            partial,
-            partial_id,
-            finished: false,
-            identity,
-            buf: Vec::with_capacity(CHUNK + 64 * 1024),
-            tx: Some(tx),
-            seq: 0,
-            recycled,
-            worker: Some(worker),
-            count: 0,
-            raw_bytes: 0,
-            min_date: None,
-            max_date: None,
-            first_id: None,
-            last_id: None,
-            on_chunk: None,
-        })
-    }
-
-    /// Calls `f(documents, raw_bytes)` each time a chunk is handed to the compressor
-    /// (progress, test pause points).
-    pub fn on_chunk(&mut self, f: impl FnMut(u64, u64) + Send + 'static) {
-        self.on_chunk = Some(Box::new(f));
-    }
-
-    /// Documents accepted so far.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    fn send_chunk(&mut self) -> anyhow::Result<()> {
-        let next = self
-            .recycled
-            .try_recv()
-            .map(|mut v| {
-                v.clear();
-                v
-            })
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK + 64 * 1024));
-        let chunk = std::mem::replace(&mut self.buf, next);
-        let seq = self.seq;
-        self.seq += 1;
-        let sent = self
-            .tx
-            .as_ref()
-            .map(|tx| tx.send((seq, chunk)).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            // The compressor stopped: its error says why (disk full, I/O error).
-            return Err(self
-                .join_worker()
-                .err()
-                .unwrap_or_else(|| anyhow::anyhow!("the compressor thread stopped unexpectedly")));
-        }
-        if let Some(f) = self.on_chunk.as_mut() {
-            f(self.count, self.raw_bytes);
-        }
-        Ok(())
-    }
-
-    fn join_worker(&mut self) -> anyhow::Result<Compressed> {
-        self.tx.take();
-        match self.worker.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the compressor thread panicked"))?,
-            None => bail!("the compressor thread already stopped"),
-        }
-    }
-
-    /// Flushes, fsyncs, renames `.partial` to the final name, fsyncs the directory and
-    /// writes the manifest atomically. Returns the manifest.
-    pub fn finish(mut self) -> anyhow::Result<ArchiveManifest> {
-        if !self.buf.is_empty() {
-            self.send_chunk()?;
-        }
-        let compressed = self.join_worker()?;
-        if FileIdentity::of_path(&self.partial) != Some(self.partial_id) {
-            bail!(
-                "{} was replaced while the export wrote it; not using it",
-                self.partial.display()
-            );
-        }
-        std::fs::rename(&self.partial, &self.path).with_context(|| {
-            format!(
-                "renaming {} to {}",
-                self.partial.display(),
-                self.path.display()
-            )
-        })?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("fsync of directory {}", dir.display()))?;
-        }
-        let id = &self.identity;
-        let file = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let manifest = ArchiveManifest {
-            format: FORMAT.into(),
-            file: file.clone(),
-            source: id.source.clone(),
-            database: id.database.clone(),
-            collection: id.collection.clone(),
-            date_field: id.date_field.clone(),
-            id_field: id.id_field.clone(),
-            month: id.bounds.month.to_string(),
-            pass: id.pass,
-            bounds: id.bounds.clone(),
-            count: self.count,
-            raw_bytes: self.raw_bytes,
-            compressed_bytes: compressed.bytes,
-            sha256: compressed.sha256,
-            min_date: self.min_date.take(),
-            max_date: self.max_date.take(),
-            first_id: self.first_id.take().map(|b| b.into_relaxed_extjson()),
-            last_id: self.last_id.take().map(|b| b.into_relaxed_extjson()),
-            created_at: chrono::Utc::now(),
-            opskit_version: env!("CARGO_PKG_VERSION").into(),
-            restore: crate::restore::instructions(&file),
-        };
-        // The archive is at its final name now: from here on it is not a partial file.
-        self.finished = true;
-        opskit_core::util::write_atomic(
-            &ArchiveManifest::path_for(&self.path),
-            manifest.to_json().as_bytes(),
-            FILE_MODE,
-        )?;
-        Ok(manifest)
-    }
-
-    /// Stops writing and removes the partial file (used when the export fails).
-    pub fn abandon(self) {
-        drop(self);
-    }
-}
-
-impl Drop for ArchiveWriter {
-    /// An unfinished archive (export error, full disk, stop request, panic) leaves nothing
-    /// behind: the `.partial` is removed, if it is still the file this writer created.
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let _ = self.join_worker();
-        match remove_if_same(&self.partial, self.partial_id) {
-            Ok(true) => tracing::debug!("removed the unfinished {}", self.partial.display()),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("{e:#}"),
-        }
-    }
-}
-
-impl RecordSink for ArchiveWriter {
-    fn accept(&mut self, record: Record<'_>) -> anyhow::Result<()> {
-        self.buf.extend_from_slice(record.raw);
-        self.count += 1;
-        self.raw_bytes += record.raw.len() as u64;
-        if self.first_id.is_none() {
-            self.first_id = Some(record.id.clone());
-        }
-        // Ids are cheap to clone except for huge strings; the last one is kept for the manifest.
-        self.last_id = Some(record.id.clone());
-        if self.min_date.as_deref().is_none_or(|m| record.date < m) {
-            self.min_date = Some(record.date.to_string());
-        }
-        if self.max_date.as_deref().is_none_or(|m| record.date > m) {
-            self.max_date = Some(record.date.to_string());
-        }
-        if self.buf.len() >= CHUNK {
-            self.send_chunk()?;
-        }
-        Ok(())
-    }
-}
-
-/// A compressor thread: each chunk becomes one complete gzip member.
-fn compress_members(
-    rx: &std::sync::Mutex<Receiver<(u64, Vec<u8>)>>,
-    out: &SyncSender<(u64, Vec<u8>)>,
-    back: &SyncSender<Vec<u8>>,
-    level: u32,
-) {
-    loop {
-        let job = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok((seq, chunk)) = job else { return };
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(chunk.len() / 3 + 1024),
-            flate2::Compression::new(level),
-        );
-        // Writing into a Vec cannot fail.
-        let member = gz
-            .write_all(&chunk)
-            .and_then(|()| gz.finish())
-            .unwrap_or_default();
-        let _ = back.try_send(chunk);
-        if out.send((seq, member)).is_err() {
-            return;
-        }
-    }
-}
-
-/// The writer thread: members back in order, hashed, written, fsynced.
-fn write_members(
-    rx: Receiver<(u64, Vec<u8>)>,
-    file: File,
-    name: &str,
-) -> anyhow::Result<Compressed> {
-    let mut out = HashingWriter {
-        inner: BufWriter::with_capacity(CHUNK, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let mut pending = std::collections::BTreeMap::new();
-    let mut next = 0u64;
-    for (seq, member) in rx {
-        pending.insert(seq, member);
-        while let Some(member) = pending.remove(&next) {
-            out.write_all(&member)
-                .with_context(|| format!("writing {name}"))?;
-            next += 1;
-        }
-    }
-    if !pending.is_empty() {
-        bail!("writing {name}: a compressor thread stopped early");
-    }
-    if next == 0 {
-        // An empty month still gets a valid (empty) gzip file.
-        let empty = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1))
-            .finish()
-            .unwrap_or_default();
-        out.write_all(&empty)
-            .with_context(|| format!("writing {name}"))?;
-    }
-    out.flush().with_context(|| format!("writing {name}"))?;
-    let HashingWriter {
-        inner,
-        hasher,
-        bytes,
-    } = out;
-    let file = inner
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("writing {name}: {}", e.error()))?;
-    file.sync_all()
-        .with_context(|| format!("fsync of {name}"))?;
-    Ok(Compressed {
-        sha256: hex::encode(hasher.finalize()),
-        bytes,
-    })
 }
 
 /// `<path>.partial`.
@@ -633,6 +323,8 @@ pub fn count_documents(path: &Path) -> anyhow::Result<u64> {
 mod tests {
     use super::*;
     use crate::rawbson::DocumentWriter;
+    use crate::source::{Record, RecordSink};
+    use bson::Bson;
 
     fn identity() -> ArchiveIdentity {
         ArchiveIdentity {

@@ -140,12 +140,25 @@ pub fn status(
                     .map(|s| s.to_string())
                     .collect(),
                 staged: j.local_path().exists().then(|| j.local_path()),
-                note: note.clone(),
+                note: unfinished_note(&j).or_else(|| note.clone()),
             });
             pass += 1;
         }
     }
     Ok(StatusReport { warnings, rows })
+}
+
+/// For a segmented pass whose remote file has no final name yet: where the documents
+/// deleted so far are.
+fn unfinished_note(job: &ArchiveJob) -> Option<String> {
+    let log = crate::segment::SegmentLog::load(job).ok().flatten()?;
+    if log.segments.is_empty() || job.uploaded_marker().exists() {
+        return None;
+    }
+    Some(format!(
+        "unfinished segmented archive: {}; a re-run closes it",
+        log.whereabouts(job)
+    ))
 }
 
 #[cfg(test)]

@@ -51,30 +51,37 @@ impl StepAction for UploadStep {
         let mut progress = cx.progress("upload", Some(m.compressed_bytes), "bytes");
         let month = job.bounds.month.to_string();
         let mut sent = 0u64;
-        let outcome = host
-            .upload(&job.local_path(), &m, &mut |n| {
-                progress.inc(n);
-                sent += n;
-                opskit_core::interrupt::check(
-                    || {
-                        format!(
-                            "during the upload ({sent} of {} bytes sent); nothing was deleted",
-                            m.compressed_bytes
-                        )
-                    },
-                    || {
-                        format!(
-                            "run `opskit archive run --month {month}` again to continue the upload"
-                        )
-                    },
-                )?;
-                Ok(())
-            })
-            .with_context(|| format!("uploading {} to {}", m.file, host.describe()))
-            .map_err(failed)?;
+        let segmented = !m.segments.is_empty();
+        let mut on_bytes = |n: u64| {
+            progress.inc(n);
+            sent += n;
+            opskit_core::interrupt::check(
+                || {
+                    format!(
+                        "during the upload ({sent} of {} bytes sent); nothing was deleted",
+                        m.compressed_bytes
+                    )
+                },
+                || format!("run `opskit archive run --month {month}` again to continue the upload"),
+            )?;
+            Ok(())
+        };
+        let outcome = if segmented {
+            host.finish_segments(&job.local_path(), &m, &mut on_bytes)
+        } else {
+            host.upload(&job.local_path(), &m, &mut on_bytes)
+        }
+        .with_context(|| format!("uploading {} to {}", m.file, host.describe()))
+        .map_err(failed)?;
         progress.finish();
         let secs = started.elapsed().as_secs_f64();
         match outcome {
+            UploadOutcome::Uploaded if segmented => tracing::info!(
+                "{} is whole: its {} verified segments ({} bytes) now have the final name",
+                remote_path(host.remote_dir(), &m.file),
+                m.segments.len(),
+                m.compressed_bytes
+            ),
             UploadOutcome::Uploaded => tracing::info!(
                 "uploaded and verified {} ({} bytes) in {secs:.1}s",
                 remote_path(host.remote_dir(), &m.file),

@@ -29,6 +29,11 @@ pub struct ArchiveConfig {
     /// Compressor threads (each 1 MiB chunk is its own gzip member, pigz-style); 0 = one per
     /// core.
     pub compression_threads: u32,
+    /// A month with more documents than this is archived in segments of this many documents:
+    /// each segment is appended to the remote file, fsynced, read back and matched, then its
+    /// documents are deleted while the next segment is exported. A smaller month runs the
+    /// classic sequence (export, upload, verify, purge).
+    pub segment_docs: Positive,
     /// Seconds allowed for each call to the source (connect, count, one export batch, one
     /// delete batch).
     pub source_timeout_secs: Positive,
@@ -60,6 +65,7 @@ impl Default for ArchiveConfig {
             staging_dir: "/var/lib/opskit/archive".parse().expect("valid default"),
             compression_level: 6,
             compression_threads: 0,
+            segment_docs: Positive::new(50_000),
             source_timeout_secs: Positive::new(300),
             expected_compression_ratio: Positive::new(4),
             free_space_margin_pct: Positive::new(200),
@@ -176,6 +182,7 @@ impl PurgeConfig {
 /// typo, and arithmetic on durations and counts stays far from overflowing.
 pub const LIMITS: &[(&str, u64)] = &[
     ("archive.compression_threads", 64),
+    ("archive.segment_docs", 10_000_000),
     ("archive.source_timeout_secs", 86_400),
     ("archive.expected_compression_ratio", 1_000),
     ("archive.free_space_margin_pct", 10_000),
@@ -344,6 +351,7 @@ impl ArchiveConfig {
                 "archive.compression_threads",
                 u64::from(self.compression_threads),
             ),
+            ("archive.segment_docs", self.segment_docs.get()),
             (
                 "archive.source_timeout_secs",
                 self.source_timeout_secs.get(),

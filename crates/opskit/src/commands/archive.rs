@@ -184,6 +184,9 @@ fn run_months(app: &App, r: RunArgs) -> Result<ExitStatus, OpsError> {
 
 fn verify(app: &App, v: VerifyArgs) -> Result<ExitStatus, OpsError> {
     opskit_archive::preflight::check_utf8_path("--file", &v.file)?;
+    if v.file.to_string_lossy().ends_with(".partial") {
+        return verify_unfinished(app, &v);
+    }
     let (manifest, check) = opskit_archive::restore::verify_file(&v.file)
         .map_err(|e| OpsError::Failed(e.context("verification failed")))?;
     let mut remote = None;
@@ -210,6 +213,40 @@ fn verify(app: &App, v: VerifyArgs) -> Result<ExitStatus, OpsError> {
             remote
                 .map(|r| format!("; the copy on {r} is identical"))
                 .unwrap_or_default()
+        );
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `verify --file <name>.partial`: the verified segments of an unfinished segmented archive.
+fn verify_unfinished(app: &App, v: &VerifyArgs) -> Result<ExitStatus, OpsError> {
+    let check = opskit_archive::segment::verify_unfinished(
+        &app.config,
+        &app.state_dir(),
+        &v.file,
+        v.remote,
+    )
+    .map_err(|e| OpsError::Failed(e.context("verification failed")))?;
+    if app.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({"file": v.file, "ok": true, "unfinished": true,
+                "segments": check.segments, "count": check.docs, "bytes": check.bytes,
+                "remote": v.remote.then_some(&check.remote)})
+        );
+    } else {
+        println!(
+            "{}: unfinished segmented archive: ok: {} verified segments, {} documents, {} bytes match the segment log{}; \
+             the next `opskit archive run` for its month gives it its final name",
+            v.file.display(),
+            check.segments,
+            check.docs,
+            check.bytes,
+            if v.remote {
+                format!(", and so do they in {}", check.remote)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(ExitStatus::Success)

@@ -220,6 +220,10 @@ impl SourceRig {
         child
     }
 
+    pub fn state_dir(&self) -> PathBuf {
+        self.config.general.state_dir.path().to_path_buf()
+    }
+
     pub fn staging_dir(&self) -> PathBuf {
         self.config.archive.staging_dir.path().to_path_buf()
     }

@@ -1,0 +1,254 @@
+//! The segmented archive (a month larger than `archive.segment_docs`), on both sources: each
+//! segment is appended to the remote file, read back and matched, then purged while the next
+//! one is exported. Faults: kill -9 between two segments, during a segment's delete and
+//! during the final rename; the backup host lost after some segments were deleted; a remote
+//! segment corrupted after its upload. After each, the re-run completes the month: every
+//! January document is in exactly one archive file (the main one, or the late pass that
+//! archives what the interrupted run had not verified), none is left in the source.
+
+mod archive_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use archive_support::sources::{Backend, SourceRig};
+use archive_support::{FILE, MONTH, stderr, stdout};
+use opskit_core::config::value::Positive;
+use opskit_lab::Component;
+
+const ROWS: u64 = 300;
+const SEGMENT: u64 = 100;
+const BATCH: u64 = 50;
+const LATE1: &str = "test.user_logs.2024-01.late1.bson.gz";
+
+fn rig(backend: Backend) -> SourceRig {
+    SourceRig::new(backend, ROWS, BATCH, |c| {
+        c.archive.segment_docs = Positive::new(SEGMENT);
+    })
+}
+
+/// The January ids in every final archive file on the backup host; a document in two files
+/// fails the test.
+fn archived_everywhere(rig: &SourceRig) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for name in [FILE, LATE1, "test.user_logs.2024-01.late2.bson.gz"] {
+        for id in rig.archived_ids(&rig.remote_file(name)) {
+            assert!(all.insert(id.clone()), "{id} is archived twice");
+        }
+    }
+    all
+}
+
+/// After the re-run: nothing of January is left in the source, every document is archived
+/// exactly once, and no temporary file is left on the backup host.
+fn assert_month_complete(rig: &SourceRig) {
+    assert!(rig.january_ids().is_empty(), "January documents are left");
+    assert_eq!(archived_everywhere(rig), rig.month_ids);
+    for name in [FILE, LATE1] {
+        assert!(
+            !rig.remote_file(&format!("{name}.uploading")).exists(),
+            "{name}.uploading is left on the backup host"
+        );
+    }
+}
+
+/// The segment log of the main pass.
+fn segment_log(rig: &SourceRig) -> serde_json::Value {
+    let path = rig
+        .state_dir()
+        .join("archive")
+        .join("archive-test.user_logs-2024-01.segments.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn manifest(path: &std::path::Path) -> opskit_archive::staged::ArchiveManifest {
+    opskit_archive::staged::ArchiveManifest::load(
+        &opskit_archive::staged::ArchiveManifest::path_for(path),
+    )
+    .unwrap()
+}
+
+/// The plan says where the point of no return is; the run archives the month in three
+/// verified segments whose hashes the manifest lists; both copies verify.
+fn segmented_run_archives_the_month_segment_by_segment(backend: Backend) {
+    let rig = rig(backend);
+    let plan = stdout(&rig.archive(&["plan", "--month", MONTH]));
+    assert!(
+        plan.contains("Point of no return: the first verified segment"),
+        "{plan}"
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    rig.assert_month_archived();
+    let m = manifest(&rig.local_file());
+    assert_eq!(m.segments.len(), 3, "{m:?}");
+    assert_eq!(
+        m.segments.iter().map(|s| s.docs).collect::<Vec<_>>(),
+        [SEGMENT; 3]
+    );
+    assert_eq!(
+        m.segments.iter().map(|s| s.len).sum::<u64>(),
+        m.compressed_bytes
+    );
+    assert_eq!(
+        manifest(&rig.remote_file(FILE)),
+        m,
+        "the manifest on the backup host is the local one"
+    );
+    assert_eq!(rig.metric("archive_segments"), Some(3.0));
+    assert_eq!(rig.metric("documents_deleted"), Some(ROWS as f64));
+    assert!(rig.alerts().is_empty(), "{:?}", rig.alerts());
+    let v = rig.archive(&[
+        "verify",
+        "--file",
+        rig.local_file().to_str().unwrap(),
+        "--remote",
+    ]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+}
+
+/// kill -9 while the third segment is being cut (two are exported, maybe verified and
+/// purged): the re-run closes the archive with what was verified and archives the rest in
+/// the late pass, in the same run.
+fn kill_between_two_segments_then_rerun_completes_the_month(backend: Backend) {
+    let rig = rig(backend);
+    rig.run_and_kill_at("export:segment=3");
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_month_complete(&rig);
+    assert!(rig.alerts().is_empty(), "{:?}", rig.alerts());
+}
+
+/// kill -9 right after a batch of the first segment was deleted, before its checkpoint.
+fn kill_during_a_segment_delete_then_rerun_completes_the_month(backend: Backend) {
+    let rig = rig(backend);
+    rig.run_and_kill_at("purge:deleted=1");
+    let left = rig.january_ids();
+    assert_eq!(left.len() as u64, ROWS - BATCH, "one batch was deleted");
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_month_complete(&rig);
+    assert!(
+        stderr(&out).contains("closed with them") || stderr(&out).contains("reusing"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// kill -9 just before the whole remote file gets its final name: every segment was verified
+/// and purged; the re-run only gives it its name (no late pass is needed).
+fn kill_during_the_final_rename_then_rerun_completes_the_month(backend: Backend) {
+    let rig = rig(backend);
+    rig.run_and_kill_at("upload:link=1");
+    assert!(rig.january_ids().is_empty(), "every segment was purged");
+    assert!(!rig.remote_file(FILE).exists());
+    assert!(rig.remote_file(&format!("{FILE}.uploading")).exists());
+    let status = stdout(&rig.archive(&["status", "--month", MONTH]));
+    assert!(
+        status.contains("unfinished segmented archive") && status.contains(".uploading"),
+        "{status}"
+    );
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_month_complete(&rig);
+    assert_eq!(rig.archived_ids(&rig.remote_file(FILE)), rig.month_ids);
+    assert!(!rig.remote_file(LATE1).exists());
+}
+
+/// The backup host goes away after the first segment was verified and deleted: the run fails
+/// (exit 1) and its alert names the remote file that holds the deleted documents; once the
+/// host is back the re-run completes the month.
+fn backup_host_lost_after_a_segment_was_deleted_then_rerun_completes(backend: Backend) {
+    let rig = rig(backend);
+    let mut paused = rig.run_paused("upload:segment=2", "8");
+    // Segment 1 is verified; wait for its purge.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rig.january_ids().len() as u64 > ROWS - SEGMENT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment 1 was never purged"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sshd = rig.lab.state().server("sshd").unwrap().identity();
+    opskit_lab::daemon::stop(&sshd, Duration::from_secs(5)).unwrap();
+    let status = paused.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let alerts = rig.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let text = alerts[0].to_string();
+    assert!(
+        text.contains(&format!("{FILE}.uploading")) && text.contains("verified segments"),
+        "the alert names the remote file: {text}"
+    );
+    assert_eq!(rig.january_ids().len() as u64, ROWS - SEGMENT);
+    opskit_lab::lab::up(
+        rig.lab.dir(),
+        &[Component::Sshd],
+        Some(archive_support::opskit_bin()),
+    )
+    .unwrap();
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_month_complete(&rig);
+}
+
+/// A byte of segment 2 changes on the backup host between its upload and its read-back: the
+/// run fails before any of segment 2's documents is deleted; `verify --remote` of the
+/// unfinished file checks the verified segment; the re-run completes the month.
+fn corrupted_remote_segment_is_caught_before_its_documents_are_deleted(backend: Backend) {
+    let rig = rig(backend);
+    let mut paused = rig.run_paused("upload:segment=2", "4");
+    let tmp = rig.remote_file(&format!("{FILE}.uploading"));
+    let mut bytes = std::fs::read(&tmp).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&tmp, &bytes).unwrap();
+    let status = paused.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let left = rig.january_ids();
+    assert!(
+        left.len() as u64 >= ROWS - SEGMENT,
+        "only segment 1 may be deleted: {} left",
+        left.len()
+    );
+    let log = segment_log(&rig);
+    assert_eq!(log["segments"].as_array().unwrap().len(), 1, "{log}");
+    let alerts = rig.alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].to_string().contains("segment 2"), "{alerts:?}");
+    let partial = rig.staging_dir().join(format!("{FILE}.partial"));
+    let v = rig.archive(&["verify", "--file", partial.to_str().unwrap(), "--remote"]);
+    assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+    assert!(stdout(&v).contains("1 verified segments"), "{}", stdout(&v));
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_month_complete(&rig);
+    assert_eq!(
+        rig.archived_ids(&rig.remote_file(FILE)).len() as u64,
+        SEGMENT,
+        "the main file is closed with the one verified segment"
+    );
+}
+
+macro_rules! on_both_sources {
+    ($($scenario:ident),* $(,)?) => {
+        /// On the lab's MariaDB.
+        mod mysql {
+            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mysql) } )*
+        }
+        /// On the lab's MongoDB-compatible server (SecantusDB, not MongoDB).
+        mod mongodb_secantusdb {
+            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mongodb) } )*
+        }
+    };
+}
+
+on_both_sources!(
+    segmented_run_archives_the_month_segment_by_segment,
+    kill_between_two_segments_then_rerun_completes_the_month,
+    kill_during_a_segment_delete_then_rerun_completes_the_month,
+    kill_during_the_final_rename_then_rerun_completes_the_month,
+    backup_host_lost_after_a_segment_was_deleted_then_rerun_completes,
+    corrupted_remote_segment_is_caught_before_its_documents_are_deleted,
+);
