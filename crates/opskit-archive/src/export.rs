@@ -14,7 +14,7 @@ use opskit_core::plan::{StepAction, StepContext, StepError, StepResult};
 
 use crate::job::{ArchiveJob, SharedSource};
 use crate::segment::SegmentLog;
-use crate::source::{Record, RecordSink};
+use crate::source::{Anomalies, RangeStats, Record, RecordSink};
 use crate::staged::{
     ArchiveIdentity, ArchiveManifest, ArchiveWriter, FileIdentity, remove_if_same, verify_local,
 };
@@ -27,6 +27,8 @@ const STOP_CHECK_EVERY: u64 = 10_000;
 pub struct ExportStep {
     job: ArchiveJob,
     source: SharedSource,
+    /// The month's count, as the precondition found it.
+    expected: Option<u64>,
 }
 
 impl ExportStep {
@@ -35,6 +37,7 @@ impl ExportStep {
         ExportStep {
             job: job.clone(),
             source: source.clone(),
+            expected: None,
         }
     }
 }
@@ -49,61 +52,24 @@ fn failed(e: anyhow::Error) -> StepError {
 
 impl StepAction for ExportStep {
     fn precondition(&mut self, cx: &mut StepContext) -> StepResult {
-        let job = &self.job;
-        let mut s = self.source.get().map_err(refused)?;
-        s.ping()
-            .map_err(|e| refused(e.context("the source does not answer")))?;
-        let stats = s.range_stats(&job.bounds).map_err(refused)?;
-        if stats.index.is_none() {
-            tracing::warn!(
-                "no index on {}: the export and the anomaly scan read the whole collection",
-                job.config.date_field
-            );
-        }
-        let anomalies = s.anomalies().map_err(refused)?;
-        drop(s);
-        cx.gauge("anomalies", anomalies.total() as f64);
-        if anomalies.total() > 0 {
-            tracing::warn!(
-                missing = anomalies.missing,
-                wrong_type = anomalies.wrong_type,
-                malformed = anomalies.malformed,
-                examples = ?anomalies.examples,
-                "documents whose {} is not a well-formed date are never archived nor deleted",
-                job.config.date_field
-            );
-        }
-        let staging = job.config.staging_dir.path();
-        crate::preflight::prepare_staging_dir(staging).map_err(refused)?;
-        let est = crate::plan::estimate_disk(job, &stats).map_err(refused)?;
-        if !est.fits() {
-            let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
-            return Err(StepError::refused(format!(
-                "not enough free space in {}: {} free, {} needed for ≈ {} of archive ({} documents)",
-                staging.display(),
-                mib(est.available_bytes),
-                mib(est.required_bytes),
-                mib(est.compressed_bytes),
-                stats.count
-            )));
-        }
-        crate::preflight::check_connections(job, &self.source).map_err(refused)?;
-        crate::preflight::check_replicas(&self.source).map_err(refused)?;
-        crate::preflight::check_backup_host(job).map_err(refused)?;
-        tracing::info!(
-            count = stats.count,
-            index = stats.index.as_deref().unwrap_or("none"),
-            "{} ≤ {} < {} ({})",
-            job.bounds.lower,
-            job.config.date_field,
-            job.bounds.upper,
-            job.bounds.zone
-        );
-        cx.record("expected_count", stats.count);
-        // Only once nothing refuses the run: a refused run gives one alert, the refusal.
-        let sent = crate::anomalies::warn_once(job, &anomalies);
-        cx.count("anomaly_warnings_sent", if sent { 1.0 } else { 0.0 });
-        Ok(())
+        let job = self.job.clone();
+        let job = &job;
+        // The backup host and the anomaly scan (its own session) are checked while the
+        // source is: the run waits for the slowest check, not for their sum. Errors come in
+        // the same order as one after the other.
+        std::thread::scope(|scope| {
+            let backup = scope.spawn(|| crate::preflight::check_backup_host(job));
+            let scan_source = SharedSource::new(job);
+            let scan = scope.spawn(move || scan_source.get().and_then(|mut s| s.anomalies()));
+            let checked = self.check_source(cx);
+            let anomalies = join_check(scan);
+            let backup = join_check(backup);
+            let stats = checked?;
+            let anomalies = anomalies.map_err(refused)?;
+            backup.map_err(refused)?;
+            self.report(cx, &stats, &anomalies);
+            Ok(())
+        })
     }
 
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
@@ -135,7 +101,10 @@ impl StepAction for ExportStep {
             pass: job.pass,
             bounds: job.bounds.clone(),
         };
-        let expected = s.range_stats(&job.bounds).map(|r| r.count).ok();
+        let expected = match self.expected {
+            Some(n) => Some(n),
+            None => s.range_stats(&job.bounds).map(|r| r.count).ok(),
+        };
         if expected.is_some_and(|n| n > job.config.segment_docs.get()) {
             drop(s);
             let m = crate::segment::export_segmented(job, &self.source, identity, expected, cx)
@@ -263,6 +232,80 @@ impl StepAction for ExportStep {
             }
         }
         Ok(())
+    }
+}
+
+impl ExportStep {
+    /// The source's own checks: it answers, the month's count and index, the staging
+    /// directory, its free space, the delete sessions and the replicas.
+    fn check_source(&mut self, cx: &mut StepContext) -> Result<RangeStats, StepError> {
+        let job = &self.job;
+        let mut s = self.source.get().map_err(refused)?;
+        s.ping()
+            .map_err(|e| refused(e.context("the source does not answer")))?;
+        let stats = s.range_stats(&job.bounds).map_err(refused)?;
+        if stats.index.is_none() {
+            tracing::warn!(
+                "no index on {}: the export and the anomaly scan read the whole collection",
+                job.config.date_field
+            );
+        }
+        drop(s);
+        let staging = job.config.staging_dir.path();
+        crate::preflight::prepare_staging_dir(staging).map_err(refused)?;
+        let est = crate::plan::estimate_disk(job, &stats).map_err(refused)?;
+        if !est.fits() {
+            let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+            return Err(StepError::refused(format!(
+                "not enough free space in {}: {} free, {} needed for ≈ {} of archive ({} documents)",
+                staging.display(),
+                mib(est.available_bytes),
+                mib(est.required_bytes),
+                mib(est.compressed_bytes),
+                stats.count
+            )));
+        }
+        crate::preflight::check_connections(job, &self.source).map_err(refused)?;
+        crate::preflight::check_replicas(&self.source).map_err(refused)?;
+        cx.record("expected_count", stats.count);
+        self.expected = Some(stats.count);
+        Ok(stats)
+    }
+
+    /// Logs the month and its anomalies, and warns about them once (only once nothing
+    /// refuses the run: a refused run gives one alert, the refusal).
+    fn report(&self, cx: &mut StepContext, stats: &RangeStats, anomalies: &Anomalies) {
+        let job = &self.job;
+        cx.gauge("anomalies", anomalies.total() as f64);
+        if anomalies.total() > 0 {
+            tracing::warn!(
+                missing = anomalies.missing,
+                wrong_type = anomalies.wrong_type,
+                malformed = anomalies.malformed,
+                examples = ?anomalies.examples,
+                "documents whose {} is not a well-formed date are never archived nor deleted",
+                job.config.date_field
+            );
+        }
+        tracing::info!(
+            count = stats.count,
+            index = stats.index.as_deref().unwrap_or("none"),
+            "{} ≤ {} < {} ({})",
+            job.bounds.lower,
+            job.config.date_field,
+            job.bounds.upper,
+            job.bounds.zone
+        );
+        let sent = crate::anomalies::warn_once(job, anomalies);
+        cx.count("anomaly_warnings_sent", if sent { 1.0 } else { 0.0 });
+    }
+}
+
+/// Joins a check's thread; a panic goes on unwinding in the caller.
+fn join_check<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match h.join() {
+        Ok(v) => v,
+        Err(payload) => std::panic::resume_unwind(payload),
     }
 }
 

@@ -101,6 +101,8 @@ pub struct PurgeStep {
     source: SharedSource,
     /// The archive, opened and checked by the precondition.
     verified: Option<(File, ArchiveManifest)>,
+    /// Set when a segmented export already sent every document.
+    all_sent: Option<PurgeCheckpoint>,
 }
 
 impl PurgeStep {
@@ -110,6 +112,7 @@ impl PurgeStep {
             job: job.clone(),
             source: source.clone(),
             verified: None,
+            all_sent: None,
         }
     }
 }
@@ -118,8 +121,27 @@ fn failed(e: anyhow::Error) -> StepError {
     StepError::Failed(e)
 }
 
+impl PurgeStep {
+    /// The checkpoint of a segmented archive whose every document was already sent by the
+    /// export's purge (bound to the sha256 the commit step recorded), if so.
+    fn sent_by_segments(&self, cx: &StepContext) -> Option<PurgeCheckpoint> {
+        let sha = cx.recorded("commit", "sha256")?.as_str()?.to_string();
+        let count = cx.recorded("commit", "count")?.as_u64()?;
+        let m = self.job.load_manifest().ok()?;
+        if m.segments.is_empty() || m.sha256 != sha || m.count != count {
+            return None;
+        }
+        let ck = PurgeCheckpoint::load(&self.job.purge_checkpoint(), &sha).ok()?;
+        (ck.sent == count).then_some(ck)
+    }
+}
+
 impl StepAction for PurgeStep {
     fn precondition(&mut self, cx: &mut StepContext) -> StepResult {
+        if let Some(ck) = self.sent_by_segments(cx) {
+            self.all_sent = Some(ck);
+            return Ok(());
+        }
         let local = self.job.local_path();
         let committed = |key: &str| cx.recorded("commit", key).cloned();
         let (Some(sha), Some(len)) = (
@@ -156,6 +178,20 @@ impl StepAction for PurgeStep {
     }
 
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
+        if let Some(ck) = self.all_sent.take() {
+            tracing::info!(
+                deleted = ck.deleted,
+                changed = ck.changed,
+                gone = ck.gone,
+                batches = ck.batches,
+                "nothing left to purge: the segmented export purged every verified segment"
+            );
+            cx.record("deleted", ck.deleted);
+            cx.record("changed", ck.changed);
+            cx.record("gone", ck.gone);
+            cx.record("batches", ck.batches);
+            return Ok(());
+        }
         let (file, m) = self.verified.take().ok_or_else(|| {
             failed(anyhow!(
                 "internal: the purge ran without its checked archive"

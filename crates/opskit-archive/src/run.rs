@@ -289,7 +289,7 @@ fn visit_month(
             "{month}: archiving the rest of the month in late pass {}",
             job.pass + 1
         );
-        return visit_month(config, state_dir, month, visit, false, execute, say);
+        return visit_month(config, state_dir, month, Visit::Sweep, false, execute, say);
     }
     Ok(status)
 }

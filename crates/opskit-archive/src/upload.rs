@@ -99,6 +99,8 @@ impl StepAction for UploadStep {
         opskit_core::util::write_atomic(&marker, m.sha256.as_bytes(), 0o600).map_err(failed)?;
         cx.gauge("upload_seconds", secs);
         cx.record("remote", remote_path(host.remote_dir(), &m.file));
+        // Checked by size after the link (and by sha256 when it was already there).
+        cx.record("final_bytes", m.compressed_bytes);
         cx.record("sha256", &m.sha256);
         Ok(())
     }

@@ -108,6 +108,9 @@ fn rig(opskit: &Opskit, state: &LabState, db: Db, rows: u64) -> anyhow::Result<(
         opskit.with_config(opskit.config())
     } else {
         config.archive.source_uri = db.uri();
+        // A few segments, so this pass goes through the segmented pipeline too.
+        config.archive.segment_docs =
+            opskit_core::config::value::Positive::new((rows / 4).max(1));
         let path = opskit.config().with_file_name("opskit-archive-mongodb.toml");
         std::fs::write(&path, config.to_toml())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -368,6 +371,20 @@ fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String>
         "outcome {:?}",
         run.outcome
     );
+    let manifest_path = format!("{}.manifest.json", staged.display());
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {manifest_path}"))?,
+    )
+    .with_context(|| format!("parsing {manifest_path}"))?;
+    let segment_docs = rig.config.archive.segment_docs.get();
+    let segments = manifest["segments"].as_array().map_or(0, |a| a.len()) as u64;
+    anyhow::ensure!(
+        (rig.seeded.month > segment_docs) == (segments > 0)
+            && (segments == 0 || segments == rig.seeded.month.div_ceil(segment_docs)),
+        "{} rows with archive.segment_docs = {segment_docs}, but the manifest lists {segments} segments",
+        rig.seeded.month
+    );
     let counters = run
         .counters
         .iter()
@@ -375,8 +392,16 @@ fn run_month(opskit: &Opskit, rig: &Rig, _: &LabState) -> anyhow::Result<String>
         .collect::<Vec<_>>()
         .join(", ");
     Ok(format!(
-        "{} rows archived and deleted in {:.1}s; {} B on the backup host; neighbours and {} anomalies untouched; {counters}",
-        rig.seeded.month, inv.secs, remote_len, now.anomalies
+        "{} rows archived and deleted in {:.1}s ({}); {} B on the backup host; neighbours and {} anomalies untouched; {counters}",
+        rig.seeded.month,
+        inv.secs,
+        if segments == 0 {
+            "one piece: export, upload, verify, purge".to_string()
+        } else {
+            format!("{segments} segments, each verified on the backup host before its purge")
+        },
+        remote_len,
+        now.anomalies
     ))
 }
 

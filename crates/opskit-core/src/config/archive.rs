@@ -65,7 +65,7 @@ impl Default for ArchiveConfig {
             staging_dir: "/var/lib/opskit/archive".parse().expect("valid default"),
             compression_level: 6,
             compression_threads: 0,
-            segment_docs: Positive::new(50_000),
+            segment_docs: Positive::new(20_000),
             source_timeout_secs: Positive::new(300),
             expected_compression_ratio: Positive::new(4),
             free_space_margin_pct: Positive::new(200),
