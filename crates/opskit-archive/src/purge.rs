@@ -216,6 +216,7 @@ fn purge(
                         )
                     })?,
                     raw: doc.to_owned(),
+                    fingerprint: None,
                 });
             }
         }
