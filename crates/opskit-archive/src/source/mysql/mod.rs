@@ -172,6 +172,11 @@ impl MysqlSource {
         })
     }
 
+    /// Sets how many sessions share each purge batch (`archive.purge.connections`).
+    pub fn set_delete_connections(&mut self, n: usize) {
+        self.delete_connections = n.max(1);
+    }
+
     /// Sets the writers' time zone (the session zone for `TIMESTAMP` columns).
     pub fn set_time_zone(&mut self, tz: &str) {
         self.time_zone = tz.to_string();
