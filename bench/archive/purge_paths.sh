@@ -12,7 +12,8 @@
 #     BATCH over CONNECTIONS sessions with documents that carry no fingerprint (today's purge:
 #     lock, compare, delete, commit);
 #   - fp: the same with the export's server fingerprints (one DELETE per batch part).
-# Only the delete is timed for locked/fp (purge_s); export_s is printed apart.
+# Only the delete is timed for locked/fp (purge_s); export_s is printed apart. Before each timed
+# run the script waits for InnoDB's undo history to be purged; the order of the three rotates.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -71,6 +72,19 @@ fresh_copy() {
   sql -e "DROP TABLE IF EXISTS user_logs; CREATE TABLE user_logs LIKE user_logs_src;
           INSERT INTO user_logs SELECT * FROM user_logs_src; ANALYZE TABLE user_logs;" >/dev/null
 }
+# InnoDB's deadlock and row-lock-wait counters (a retried part shows up here).
+locks() { sql -N -e "SELECT GROUP_CONCAT(VARIABLE_VALUE ORDER BY VARIABLE_NAME) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('INNODB_DEADLOCKS', 'INNODB_ROW_LOCK_WAITS')"; }
+# settle: waits (up to 120 s) until InnoDB has purged the undo history of the previous runs
+# (a table copy, the deletes), so each timed run starts from the same state; prints the length.
+settle() {
+  local h
+  for _ in $(seq 1 600); do
+    h=$(sql -N -e "SELECT COUNT FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'")
+    ((h < 1000)) && break
+    sleep 0.2
+  done
+  echo "$h"
+}
 month_rows() { sql -N -e "SELECT COUNT(*) FROM user_logs WHERE $WHERE"; }
 
 restart_with_pool() {
@@ -101,13 +115,21 @@ for pool in $POOLS; do
   log "# InnoDB buffer pool $pool (innodb_buffer_pool_size=$(sql -N -e 'SELECT @@innodb_buffer_pool_size'))"
   load "$ROWS"
   for ((r = 1; r <= REPEAT; r++)); do
-    fresh_copy
-    start=$(date +%s.%N)
-    sql --batch -e "source $LAB/floor.sql"
-    log "pool=$pool run=$r mode=floor purge_s=$(echo "scale=2; ($(date +%s.%N) - $start) / 1" | bc) left_in_month=$(month_rows)"
-    for mode in locked fp; do
+    # The order rotates from run to run, so no path always runs after the others' garbage.
+    modes=(floor locked fp)
+    for ((k = 0; k < 3; k++)); do
+      mode=${modes[$(((k + r - 1) % 3))]}
       fresh_copy
-      log "pool=$pool run=$r $("$PURGE" "$URI" test user_logs "$mode" "$BATCH" "$CONNECTIONS") left_in_month=$(month_rows)"
+      history=$(settle)
+      before=$(locks)
+      if [[ $mode == floor ]]; then
+        start=$(date +%s.%N)
+        sql --batch -e "source $LAB/floor.sql"
+        out="mode=floor purge_s=$(echo "scale=2; ($(date +%s.%N) - $start) / 1" | bc)"
+      else
+        out=$("$PURGE" "$URI" test user_logs "$mode" "$BATCH" "$CONNECTIONS")
+      fi
+      log "pool=$pool run=$r $out left_in_month=$(month_rows) history_before=$history deadlocks,lock_waits: $before -> $(locks)"
     done
   done
 done
