@@ -8,7 +8,10 @@
 //! purge_paths <mysql-uri> <database> <table> <fp|locked> [batch=10000] [connections=2]
 //! ```
 //!
-//! Prints one line: `mode=… rows=… export_s=… purge_s=… purge_rows_per_s=… deleted=… changed=… gone=…`.
+//! Prints one line: `mode=… rows=… export_s=… purge_s=… purge_rows_per_s=… deleted=… changed=… gone=…`,
+//! plus the CPU seconds the purge cost this process (`client_cpu_s`) and, when `SERVER_PID`
+//! names the mariadbd process, the server (`server_cpu_s`): steadier than wall time on a
+//! shared machine.
 
 use std::time::{Duration, Instant};
 
@@ -66,20 +69,48 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     source.export(&bounds, &mut keep)?;
     let export_s = started.elapsed().as_secs_f64();
+    let server: Option<u32> = std::env::var("SERVER_PID").ok().and_then(|p| p.parse().ok());
+    let (server0, client0) = (server.and_then(cpu_of), own_cpu());
     let started = Instant::now();
     let mut total = DeleteOutcome::default();
     for part in keep.docs.chunks(batch) {
         total.add(source.delete_archived(part, &bounds)?);
     }
     let purge_s = started.elapsed().as_secs_f64();
+    let client_s = own_cpu() - client0;
+    let server_s = match (server0, server.and_then(cpu_of)) {
+        (Some(a), Some(b)) => format!(" server_cpu_s={:.2}", b - a),
+        _ => String::new(),
+    };
     let rows = keep.docs.len();
     println!(
         "mode={mode} rows={rows} batch={batch} connections={connections} export_s={export_s:.2} purge_s={purge_s:.2} \
-         purge_rows_per_s={:.0} deleted={} changed={} gone={}",
+         purge_rows_per_s={:.0} deleted={} changed={} gone={} client_cpu_s={client_s:.2}{server_s}",
         rows as f64 / purge_s,
         total.deleted,
         total.changed,
         total.gone
     );
     Ok(())
+}
+
+/// User + system CPU seconds of process `pid` so far (`/proc/<pid>/stat`).
+fn cpu_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_s)
+}
+
+/// This process's user + system CPU seconds so far.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
