@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             id: &id,
             date: "2024-01-01 00:00:00",
             raw: doc.as_bytes(),
+            fingerprint: None,
         })?;
     }
     let m = writer.finish()?;

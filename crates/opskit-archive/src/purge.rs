@@ -260,6 +260,7 @@ fn feed_from_file(
                     )
                 })?,
                 raw: doc.to_owned(),
+                fingerprint: None,
             });
             purger.run(false)?;
         }

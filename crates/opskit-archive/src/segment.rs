@@ -316,6 +316,7 @@ impl RecordSink for SegmentSink<'_> {
             id: record.id,
             date: record.date,
             raw: record.raw,
+            fingerprint: record.fingerprint,
         })?;
         let s = &mut self.stats;
         s.raw_bytes += record.raw.len() as u64;
@@ -333,6 +334,7 @@ impl RecordSink for SegmentSink<'_> {
             id: record.id.clone(),
             raw: RawDocumentBuf::from_bytes(record.raw.to_vec())
                 .context("an exported document is not valid BSON")?,
+            fingerprint: record.fingerprint,
         });
         if let Some(p) = self.progress.as_mut() {
             p.inc(1);

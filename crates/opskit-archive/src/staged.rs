@@ -354,6 +354,7 @@ mod tests {
                 id: &id,
                 date: &date,
                 raw: doc.finish(),
+                fingerprint: None,
             })
             .unwrap();
         }

@@ -211,6 +211,7 @@ fn a_month_is_exported_byte_exact_and_only_its_archived_ids_are_deleted() {
         .map(|(id, raw)| ArchivedDoc {
             id: id.clone(),
             raw: RawDocumentBuf::from_bytes(raw.clone()).unwrap(),
+            fingerprint: None,
         })
         .collect();
     // A document of February is not deleted by January's purge, even when asked.
@@ -226,6 +227,7 @@ fn a_month_is_exported_byte_exact_and_only_its_archived_ids_are_deleted() {
             &[ArchivedDoc {
                 id: Bson::Int32(11),
                 raw: february,
+                fingerprint: None,
             }],
             &month("2024-01"),
         )

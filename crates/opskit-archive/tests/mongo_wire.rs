@@ -367,6 +367,7 @@ fn delete_sends_each_archived_document_with_majority_write_concern_and_counts_wh
         raw: bson::RawDocumentBuf::from_document(&doc! {"_id": id.clone(), "create_on": date})
             .unwrap(),
         id,
+        fingerprint: None,
     })
     .collect();
     // The double deletes all but the first document, then reports the first as still there.
@@ -530,6 +531,7 @@ fn a_delete_without_an_answer_is_a_typed_time_out_and_the_retry_is_answered() {
                 &doc! {"_id": n, "create_on": "2024-01-02 00:00:00"},
             )
             .unwrap(),
+            fingerprint: None,
         })
         .collect();
     let started = Instant::now();

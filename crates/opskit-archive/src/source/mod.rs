@@ -83,6 +83,10 @@ pub struct ArchivedDoc {
     pub id: Bson,
     /// The document as archived.
     pub raw: RawDocumentBuf,
+    /// The server's MD5 of the row as exported, used only to recognise an unchanged row
+    /// (MySQL: the purge then deletes with one statement instead of locking and comparing).
+    /// `None` when the document is read back from an archive file, and for MongoDB.
+    pub fingerprint: Option<[u8; 16]>,
 }
 
 /// What one purge batch did with its archived documents. Every document is in exactly one of
@@ -196,6 +200,9 @@ pub struct Record<'a> {
     pub date: &'a str,
     /// The whole record as one BSON document.
     pub raw: &'a [u8],
+    /// The server's MD5 of the row as exported, used only to recognise an unchanged row
+    /// (never part of `raw`); `None` when the source computes none (MongoDB).
+    pub fingerprint: Option<[u8; 16]>,
 }
 
 /// Receives records in export order. Returning an error stops the export.

@@ -377,6 +377,7 @@ impl Source for MongoSource {
                         id: &parts.id,
                         date: parts.date,
                         raw: parts.raw,
+                        fingerprint: None,
                     })?;
                 }
             }

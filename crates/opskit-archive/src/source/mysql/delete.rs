@@ -1,8 +1,23 @@
 //! The purge of a MySQL table: each batch is split over `archive.purge.connections`
-//! sessions; each session, in one transaction, locks its rows (`SELECT * … FOR UPDATE`),
-//! encodes them exactly as the export did, and deletes only the rows that are byte-identical
-//! to the archived documents (still inside the month), then commits. A row changed since the
-//! export stays for the next late pass; a row already gone is counted, not an error.
+//! sessions. A row changed since the export stays for the next late pass; a row already gone
+//! is counted, not an error. Each part of a batch takes one of two paths:
+//!
+//! - **Fingerprinted** (every document of the part carries the fingerprint the server computed
+//!   at export time, [`super::fingerprint`]): one autocommit statement,
+//!   `DELETE FROM t WHERE pk IN (…) AND <month> AND <fingerprint expression> IN (…)`; if it
+//!   deleted fewer rows than the part holds, `SELECT COUNT(*) … WHERE pk IN (…)` tells the
+//!   changed rows (still there) from the gone ones. This is safe because the fingerprint
+//!   covers every column, the key included: a row is deleted only if its current content, at
+//!   the moment the `DELETE` reads it under its own row lock, hashes to the value the server
+//!   computed for the very row version that was written into the archive. A server upgrade
+//!   that changes how values are formatted can only make rows look changed: they are kept
+//!   and a late pass archives them again, nothing is lost. The column list is checked against
+//!   the table before each batch; if a column was added or removed since the export, the
+//!   batch takes the locked path instead.
+//! - **Locked compare** (any document without a fingerprint, e.g. read back from an archive
+//!   file): in one transaction the session locks its rows (`SELECT * … FOR UPDATE`), encodes
+//!   them exactly as the export did, deletes only the rows byte-identical to the archived
+//!   documents (still inside the month), then commits.
 //!
 //! Two sessions deleting neighbouring parts of a batch can deadlock on the date index's gap
 //! locks; InnoDB then rolls one transaction back (error 1213). That part, and a part whose
@@ -16,7 +31,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 
 use super::row::{IdKey, encode_row};
-use super::{MAX_IDS_PER_STATEMENT, MysqlSource, month_predicate, quote_ident};
+use super::{MAX_IDS_PER_STATEMENT, MysqlSource, fingerprint_expr, month_predicate, quote_ident};
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentWriter;
 use crate::source::{ArchivedDoc, DeleteOutcome, DeleteTimedOut};
@@ -43,6 +58,23 @@ impl MysqlSource {
             return Ok(DeleteOutcome::default());
         }
         let info = self.info()?;
+        // The fast path only while the table still has exactly the columns the export's
+        // fingerprints cover.
+        let fingerprint = if docs.iter().any(|d| d.fingerprint.is_some()) {
+            let now = self.read_columns()?;
+            if now == info.columns {
+                Some(fingerprint_expr(&info.columns))
+            } else {
+                tracing::warn!(
+                    "the columns of {} changed since the export: the purge compares each row \
+                     under a lock instead of by fingerprint",
+                    self.table_ref()
+                );
+                None
+            }
+        } else {
+            None
+        };
         // Concurrent sessions: a single session leaves the server's other cores idle.
         let parts = self.delete_connections.max(1).min(docs.len());
         let per_part = docs.len().div_ceil(parts).min(MAX_IDS_PER_STATEMENT);
@@ -71,6 +103,7 @@ impl MysqlSource {
             while !pending.is_empty() {
                 let pool = &mut self.delete_pool;
                 let date_field = date_field.as_str();
+                let fingerprint = fingerprint.as_deref();
                 let result = self.rt.block_on(async {
                     let futures = pending.iter().zip(pool.iter_mut()).map(|(&i, c)| {
                         let part = Part {
@@ -80,6 +113,7 @@ impl MysqlSource {
                             predicate: &predicate,
                             lo: &lo,
                             hi: &hi,
+                            fingerprint,
                         };
                         let (chunk, sql) = (wave[i], &wave_sql[i]);
                         async move { part.run(c, sql, chunk).await }
@@ -162,10 +196,78 @@ struct Part<'a> {
     predicate: &'a str,
     lo: &'a str,
     hi: &'a str,
+    /// The fingerprint expression, when the table still has the columns it covers.
+    fingerprint: Option<&'a str>,
 }
 
 impl Part<'_> {
+    /// Purges `chunk`: by fingerprint when every document has one, else under a lock.
     async fn run(
+        &self,
+        c: &mut Conn,
+        select: &str,
+        chunk: &[ArchivedDoc],
+    ) -> anyhow::Result<DeleteOutcome> {
+        let hashes: Option<Vec<[u8; 16]>> = chunk.iter().map(|d| d.fingerprint).collect();
+        match (self.fingerprint, hashes) {
+            (Some(expr), Some(hashes)) => self.run_fingerprinted(c, expr, chunk, hashes).await,
+            _ => self.run_locked(c, select, chunk).await,
+        }
+    }
+
+    /// One autocommit `DELETE … AND <fingerprint> IN (…)`, then a count if some rows stayed.
+    async fn run_fingerprinted(
+        &self,
+        c: &mut Conn,
+        expr: &str,
+        chunk: &[ArchivedDoc],
+        hashes: Vec<[u8; 16]>,
+    ) -> anyhow::Result<DeleteOutcome> {
+        let n = chunk.len();
+        let mut keys = Vec::with_capacity(n);
+        for d in chunk {
+            keys.push(IdKey::of(&d.id)?.value());
+        }
+        let marks = vec!["?"; n].join(",");
+        let sql = format!(
+            "DELETE FROM {t} WHERE {pk} IN ({marks}) AND {} AND {expr} IN ({marks})",
+            self.predicate,
+            t = self.table,
+            pk = quote_ident(self.pk),
+        );
+        let mut params = Vec::with_capacity(2 * n + 2);
+        params.extend(keys.iter().cloned());
+        params.push(Value::Bytes(self.lo.as_bytes().to_vec()));
+        params.push(Value::Bytes(self.hi.as_bytes().to_vec()));
+        params.extend(hashes.iter().map(|h| Value::Bytes(h.to_vec())));
+        c.exec_drop(sql, params).await?;
+        let deleted = c.affected_rows();
+        let n = n as u64;
+        if deleted > n {
+            return Err(anyhow!(
+                "deleted {deleted} rows for {n} keys: stopping (is the key unique?)"
+            ));
+        }
+        let present = if deleted < n {
+            let count = format!(
+                "SELECT COUNT(*) FROM {} WHERE {} IN ({marks})",
+                self.table,
+                quote_ident(self.pk)
+            );
+            let present: Option<u64> = c.exec_first(count, keys).await?;
+            present.unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(DeleteOutcome {
+            deleted,
+            changed: present.min(n - deleted),
+            gone: (n - deleted).saturating_sub(present),
+        })
+    }
+
+    /// In one transaction: lock the rows, delete those byte-identical to the archive.
+    async fn run_locked(
         &self,
         c: &mut Conn,
         select: &str,
@@ -183,7 +285,7 @@ impl Part<'_> {
         let mut doc = DocumentWriter::default();
         let mut unchanged: Vec<Value> = Vec::new();
         for row in &rows {
-            let (id, _) = encode_row(row, self.pk, self.date_field, &mut doc)?;
+            let (id, _) = encode_row(row, usize::MAX, self.pk, self.date_field, &mut doc)?;
             let key = IdKey::of(&id)?;
             if archived.get(&key).is_some_and(|a| *a == doc.finish()) {
                 unchanged.push(key.value());

@@ -27,9 +27,11 @@ use opskit_core::error::usage;
 use opskit_core::secret::read_secret_file;
 
 mod delete;
+mod fingerprint;
 mod lag;
 mod row;
 
+pub use self::fingerprint::fingerprint_expr;
 use self::row::{bson_to_mysql, encode_row};
 use super::{
     Anomalies, ArchivedDoc, DeleteOutcome, FreeSessions, PASSWORD_KEY, RangeStats, Record,
@@ -60,6 +62,8 @@ struct TableInfo {
     pk: String,
     date_kind: DateKind,
     index: Option<String>,
+    /// Every column, in table order (what the fingerprint covers).
+    columns: Vec<String>,
 }
 
 /// A MySQL/MariaDB table as an archive source.
@@ -166,6 +170,11 @@ impl MysqlSource {
             discover: false,
             discovered: false,
         })
+    }
+
+    /// Sets how many sessions share each purge batch (`archive.purge.connections`).
+    pub fn set_delete_connections(&mut self, n: usize) {
+        self.delete_connections = n.max(1);
     }
 
     /// Sets the writers' time zone (the session zone for `TIMESTAMP` columns).
@@ -322,13 +331,27 @@ impl MysqlSource {
                  load the zone tables (mariadb-tzinfo-to-sql) so the writers' zone can be set",
             )?;
         }
+        let columns = self.read_columns()?;
         let info = TableInfo {
             pk,
             date_kind,
             index,
+            columns,
         };
         self.info = Some(info.clone());
         Ok(info)
+    }
+
+    /// Every column of the table, in table order.
+    fn read_columns(&mut self) -> anyhow::Result<Vec<String>> {
+        let (db, table) = (self.database.clone(), self.table.clone());
+        self.with_conn("reading the columns", move |c| {
+            Box::pin(c.exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (db, table),
+            ))
+        })
     }
 
     fn table_with_hint(&self, info: &TableInfo) -> String {
@@ -338,11 +361,14 @@ impl MysqlSource {
         }
     }
 
-    /// The export query: the month through the date index, in (date, key) order.
+    /// The export query: the month through the date index, in (date, key) order; every
+    /// column, then the row's fingerprint ([`fingerprint`]) under a reserved alias.
     pub fn export_sql(&mut self) -> anyhow::Result<String> {
         let info = self.info()?;
         Ok(format!(
-            "SELECT * FROM {} WHERE {} ORDER BY {d}, {pk}",
+            "SELECT *, {} AS {} FROM {} WHERE {} ORDER BY {d}, {pk}",
+            fingerprint_expr(&info.columns),
+            quote_ident(fingerprint::ALIAS),
             self.table_with_hint(&info),
             month_predicate(&self.date_field, info.date_kind),
             d = quote_ident(&self.date_field),
@@ -437,17 +463,32 @@ impl MysqlSource {
                 .map_err(|_| anyhow!("export query on {server}: no answer within {timeout:?}"))?
                 .with_context(|| format!("export query on {server}"))?;
             let mut doc = DocumentWriter::default();
+            // The fingerprint is kept only while `*` returned exactly the columns it covers
+            // (a column added since the table was read would escape it).
+            let mut covered = None;
             loop {
                 let row = tokio::time::timeout(timeout, rows.next())
                     .await
                     .map_err(|_| anyhow!("reading rows from {server}: no row within {timeout:?}"))?
                     .with_context(|| format!("reading rows from {server}"))?;
                 let Some(row) = row else { break };
-                let (id, date) = encode_row(&row, &info.pk, &date_field, &mut doc)?;
+                let n = row.columns_ref().len().saturating_sub(1);
+                let covered = *covered.get_or_insert_with(|| {
+                    let names = row.columns_ref()[..n].iter().map(|c| c.name_str());
+                    names.eq(info
+                        .columns
+                        .iter()
+                        .map(|c| std::borrow::Cow::Borrowed(c.as_str())))
+                });
+                let (id, date) = encode_row(&row, n, &info.pk, &date_field, &mut doc)?;
+                let fingerprint = covered
+                    .then(|| fingerprint::fingerprint_of(row.as_ref(n)))
+                    .flatten();
                 sink.accept(Record {
                     id: &id,
                     date: &date,
                     raw: doc.finish(),
+                    fingerprint,
                 })?;
             }
             Ok(())

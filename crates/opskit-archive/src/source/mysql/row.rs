@@ -43,15 +43,18 @@ impl IdKey {
     }
 }
 
-/// Encodes `row` into `doc` (begun here; read the bytes with `doc.finish()`); returns the
-/// row's id (primary key `pk`) and the text of its date column.
+/// Encodes the first `columns` columns of `row` into `doc` (begun here; read the bytes with
+/// `doc.finish()`); returns the row's id (primary key `pk`) and the text of its date column.
+/// Columns after them (the export's fingerprint) are not part of the document.
 pub(super) fn encode_row(
     row: &Row,
+    columns: usize,
     pk: &str,
     date_field: &str,
     doc: &mut DocumentWriter,
 ) -> anyhow::Result<(Bson, String)> {
-    let cols = row.columns_ref();
+    let all = row.columns_ref();
+    let cols = &all[..columns.min(all.len())];
     let pk_i = cols.iter().position(|c| c.name_str() == pk);
     let date_i = cols.iter().position(|c| c.name_str() == date_field);
     let (Some(pk_i), Some(date_i)) = (pk_i, date_i) else {

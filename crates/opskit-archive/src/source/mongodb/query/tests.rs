@@ -119,6 +119,7 @@ fn archived(id: Bson, date: &str, msg: &str) -> ArchivedDoc {
     ArchivedDoc {
         id,
         raw: bson::RawDocumentBuf::from_document(&d).unwrap(),
+        fingerprint: None,
     }
 }
 

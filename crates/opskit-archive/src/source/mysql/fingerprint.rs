@@ -1,0 +1,65 @@
+//! The server's fingerprint of a row: `UNHEX(MD5(…))` over every column of the table, in
+//! table order, each value as `QUOTE(CAST(col AS BINARY))`.
+//!
+//! `QUOTE(NULL)` is the bare word `NULL`; every other value is quoted with `'`, `\` and the
+//! control characters escaped, so the text hashed is an injective encoding of the row (the
+//! string `'NULL'` and NULL differ, a comma inside a value cannot shift a boundary). The
+//! pieces are joined with `CONCAT`, not `CONCAT_WS`: should one `QUOTE` ever return NULL (its
+//! result would exceed `max_allowed_packet`), the whole fingerprint is NULL instead of a hash
+//! that silently leaves that column out. A NULL fingerprint is never exported (the record has
+//! none, so its purge takes the locked compare path) and never matches at delete time.
+//!
+//! The export selects it after `*` under a reserved alias and strips it by position, so the
+//! archived document holds exactly the table's columns (archives are byte-identical to an
+//! export without it).
+
+use mysql_async::Value;
+
+use super::quote_ident;
+
+/// The alias of the fingerprint column the export selects after `*` (stripped by position,
+/// so a table column of that name changes nothing).
+pub(super) const ALIAS: &str = "__opskit_fingerprint";
+
+/// The fingerprint expression over `columns` (every column of the table, in table order).
+pub fn fingerprint_expr(columns: &[String]) -> String {
+    let quoted: Vec<String> = columns
+        .iter()
+        .map(|c| format!("QUOTE(CAST({} AS BINARY))", quote_ident(c)))
+        .collect();
+    format!("UNHEX(MD5(CONCAT({})))", quoted.join(", ',', "))
+}
+
+/// The fingerprint column's value: 16 bytes, or `None` (NULL, or not an MD5).
+pub(super) fn fingerprint_of(v: Option<&Value>) -> Option<[u8; 16]> {
+    match v {
+        Some(Value::Bytes(b)) => <[u8; 16]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_is_quoted_in_order() {
+        assert_eq!(
+            fingerprint_expr(&["id".into(), "a`b".into()]),
+            "UNHEX(MD5(CONCAT(QUOTE(CAST(`id` AS BINARY)), ',', QUOTE(CAST(`a``b` AS BINARY)))))"
+        );
+        assert_eq!(
+            fingerprint_expr(&["id".into()]),
+            "UNHEX(MD5(CONCAT(QUOTE(CAST(`id` AS BINARY)))))"
+        );
+    }
+
+    #[test]
+    fn only_an_md5_is_a_fingerprint() {
+        let md5 = Value::Bytes(vec![7; 16]);
+        assert_eq!(fingerprint_of(Some(&md5)), Some([7; 16]));
+        assert_eq!(fingerprint_of(Some(&Value::NULL)), None);
+        assert_eq!(fingerprint_of(Some(&Value::Bytes(vec![7; 15]))), None);
+        assert_eq!(fingerprint_of(None), None);
+    }
+}
