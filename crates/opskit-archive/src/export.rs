@@ -54,28 +54,21 @@ impl StepAction for ExportStep {
     fn precondition(&mut self, cx: &mut StepContext) -> StepResult {
         let job = self.job.clone();
         let job = &job;
-        // The backup host and the anomaly scan (its own session) are checked while the
-        // source is: the run waits for the slowest check, not for their sum. Errors come in
-        // the same order as one after the other.
+        // The backup host is checked while the source is: the run waits for the slower
+        // check, not for their sum. Errors come in the same order as one after the other.
         std::thread::scope(|scope| {
             let backup = scope.spawn(|| crate::preflight::check_backup_host(job));
-            let scan_source = SharedSource::new(job);
-            let scan = scope.spawn(move || scan_source.get().and_then(|mut s| s.anomalies()));
             let checked = self.check_source(cx);
-            let anomalies = join_check(scan);
             let backup = join_check(backup);
             let stats = checked?;
-            let anomalies = anomalies.map_err(refused)?;
             backup.map_err(refused)?;
-            self.report(cx, &stats, &anomalies);
+            self.report(&stats);
             Ok(())
         })
     }
 
     fn execute(&mut self, cx: &mut StepContext) -> StepResult {
         let job = &self.job;
-        let started = Instant::now();
-        let local = job.local_path();
         if let Some(sha) = job.uploaded_sha() {
             return reuse_uploaded(job, &sha, cx);
         }
@@ -91,6 +84,88 @@ impl StepAction for ExportStep {
             // Nothing was verified by the interrupted run: start over.
             let _ = std::fs::remove_file(job.segment_log_path());
         }
+        // The anomaly scan reads the whole collection: it runs, on its own session, while
+        // the month is exported, and is reported once the export succeeded.
+        let scan_source = SharedSource::new(job);
+        std::thread::scope(|scope| {
+            let scan = scope.spawn(move || scan_source.get().and_then(|mut s| s.anomalies()));
+            let exported = self.export_fresh(cx);
+            let anomalies = join_check(scan);
+            if exported.is_ok() {
+                match anomalies {
+                    Ok(a) => self.report_anomalies(cx, &a),
+                    Err(e) => tracing::warn!(
+                        "the scan for documents with a missing or malformed {} failed: {e:#}; the next run scans again",
+                        self.job.config.date_field
+                    ),
+                }
+            }
+            exported
+        })
+    }
+
+    fn verify(&mut self, _cx: &mut StepContext) -> StepResult {
+        let m = self.job.load_manifest().map_err(failed)?;
+        if m.segments.is_empty() {
+            verify_local(&self.job.local_path(), &m).map_err(failed)?;
+        } else {
+            // Every segment was hashed as written and matched on the backup host: the file
+            // must still be those bytes.
+            check_sha(&self.job.local_path(), &m).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    fn undo(&mut self, cx: &mut StepContext) -> StepResult {
+        let job = &self.job;
+        if job.purge_began() {
+            return Err(failed(anyhow!(
+                "the purge has begun: keeping {} (it is the only local copy of deleted documents)",
+                job.local_path().display()
+            )));
+        }
+        let local = job.local_path();
+        if job.uploaded_sha().is_some() {
+            tracing::info!(
+                "keeping {}: it is already on the backup host and a re-run reuses it",
+                local.display()
+            );
+            return Ok(());
+        }
+        let ours = |key: &str| -> Option<FileIdentity> {
+            cx.recorded("export", key)
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        for (path, id) in [
+            (ArchiveManifest::path_for(&local), ours("manifest_id")),
+            (local.clone(), ours("archive_id")),
+        ] {
+            let Some(id) = id else {
+                tracing::warn!(
+                    "not removing {}: this run did not record creating it",
+                    path.display()
+                );
+                continue;
+            };
+            match remove_if_same(&path, id).map_err(failed)? {
+                true => tracing::info!("removed {}", path.display()),
+                false if path.exists() => tracing::warn!(
+                    "not removing {}: it is not the file this run created (another run or a person put it there)",
+                    path.display()
+                ),
+                false => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ExportStep {
+    /// A new export of the month: in one piece, or in segments for a large month.
+    fn export_fresh(&mut self, cx: &mut StepContext) -> StepResult {
+        let job = &self.job;
+        let started = Instant::now();
+        let local = job.local_path();
         let mut s = self.source.get().map_err(failed)?;
         let identity = ArchiveIdentity {
             source: s.describe(),
@@ -178,61 +253,6 @@ impl StepAction for ExportStep {
         record_archive(cx, job, &m);
         Ok(())
     }
-
-    fn verify(&mut self, _cx: &mut StepContext) -> StepResult {
-        let m = self.job.load_manifest().map_err(failed)?;
-        if m.segments.is_empty() {
-            verify_local(&self.job.local_path(), &m).map_err(failed)?;
-        } else {
-            // Every segment was hashed as written and matched on the backup host: the file
-            // must still be those bytes.
-            check_sha(&self.job.local_path(), &m).map_err(failed)?;
-        }
-        Ok(())
-    }
-
-    fn undo(&mut self, cx: &mut StepContext) -> StepResult {
-        let job = &self.job;
-        if job.purge_began() {
-            return Err(failed(anyhow!(
-                "the purge has begun: keeping {} (it is the only local copy of deleted documents)",
-                job.local_path().display()
-            )));
-        }
-        let local = job.local_path();
-        if job.uploaded_sha().is_some() {
-            tracing::info!(
-                "keeping {}: it is already on the backup host and a re-run reuses it",
-                local.display()
-            );
-            return Ok(());
-        }
-        let ours = |key: &str| -> Option<FileIdentity> {
-            cx.recorded("export", key)
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-        };
-        for (path, id) in [
-            (ArchiveManifest::path_for(&local), ours("manifest_id")),
-            (local.clone(), ours("archive_id")),
-        ] {
-            let Some(id) = id else {
-                tracing::warn!(
-                    "not removing {}: this run did not record creating it",
-                    path.display()
-                );
-                continue;
-            };
-            match remove_if_same(&path, id).map_err(failed)? {
-                true => tracing::info!("removed {}", path.display()),
-                false if path.exists() => tracing::warn!(
-                    "not removing {}: it is not the file this run created (another run or a person put it there)",
-                    path.display()
-                ),
-                false => {}
-            }
-        }
-        Ok(())
-    }
 }
 
 impl ExportStep {
@@ -272,9 +292,23 @@ impl ExportStep {
         Ok(stats)
     }
 
-    /// Logs the month and its anomalies, and warns about them once (only once nothing
-    /// refuses the run: a refused run gives one alert, the refusal).
-    fn report(&self, cx: &mut StepContext, stats: &RangeStats, anomalies: &Anomalies) {
+    /// Logs the month about to be exported.
+    fn report(&self, stats: &RangeStats) {
+        let job = &self.job;
+        tracing::info!(
+            count = stats.count,
+            index = stats.index.as_deref().unwrap_or("none"),
+            "{} ≤ {} < {} ({})",
+            job.bounds.lower,
+            job.config.date_field,
+            job.bounds.upper,
+            job.bounds.zone
+        );
+    }
+
+    /// Logs the month's anomalies and warns about them once (only after an export that
+    /// succeeded: a refused or failed run gives one alert, its own).
+    fn report_anomalies(&self, cx: &mut StepContext, anomalies: &Anomalies) {
         let job = &self.job;
         cx.gauge("anomalies", anomalies.total() as f64);
         if anomalies.total() > 0 {
@@ -287,15 +321,6 @@ impl ExportStep {
                 job.config.date_field
             );
         }
-        tracing::info!(
-            count = stats.count,
-            index = stats.index.as_deref().unwrap_or("none"),
-            "{} ≤ {} < {} ({})",
-            job.bounds.lower,
-            job.config.date_field,
-            job.bounds.upper,
-            job.bounds.zone
-        );
         let sent = crate::anomalies::warn_once(job, anomalies);
         cx.count("anomaly_warnings_sent", if sent { 1.0 } else { 0.0 });
     }

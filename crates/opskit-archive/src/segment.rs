@@ -112,10 +112,13 @@ impl SegmentLog {
             self.docs(),
             self.segments.len(),
             self.remote,
-            if self.finished {
-                job.local_path()
-            } else {
-                partial_path(&job.local_path())
+            {
+                let partial = partial_path(&job.local_path());
+                if partial.exists() {
+                    partial
+                } else {
+                    job.local_path()
+                }
             }
             .display()
         )
@@ -160,7 +163,7 @@ pub fn export_segmented(
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
     );
     let host = job.backup_host()?;
-    let mut writer = ArchiveWriter::create(
+    let writer = ArchiveWriter::create(
         &local,
         job.config.compression_level,
         job.config.compression_threads as usize,
@@ -187,17 +190,22 @@ pub fn export_segmented(
     let export_progress = cx.progress("export", expected, "docs");
     let purge_progress = cx.progress("purge", expected, "docs");
     let total = expected.unwrap_or(u64::MAX);
+    let mut writer = Some(writer);
     let (exported, uploaded, purged) = std::thread::scope(|scope| {
         let (up_tx, up_rx) = sync_channel::<Segment>(1);
         let (purge_tx, purge_rx) = sync_channel::<Segment>(1);
-        let uploader = scope.spawn(|| upload_segments(job, &host, &partial, up_rx, purge_tx));
+        let (final_tx, final_rx) = sync_channel::<ArchiveManifest>(1);
+        let uploader =
+            scope.spawn(|| upload_segments(job, &host, &partial, up_rx, purge_tx, final_rx));
         let purger = scope
             .spawn(|| purge_segments(job, &purge_source, &run_id, total, purge_progress, purge_rx));
+        let mut w = writer.take().expect("set above");
         let mut sink = SegmentSink {
-            writer: &mut writer,
+            writer: &mut w,
             up_tx: Some(up_tx),
             docs: Vec::new(),
             stats: SegmentStats::default(),
+            cut: Vec::new(),
             index: 0,
             first_doc: 0,
             segment_docs: job.config.segment_docs.get() as usize,
@@ -213,6 +221,25 @@ pub fn export_segmented(
         if let Some(p) = sink.progress.take() {
             p.finish();
         }
+        let cut = std::mem::take(&mut sink.cut);
+        drop(sink);
+        // The whole file is written: it gets its manifest here, and its final name on the
+        // backup host from the uploader once every segment is verified there (while the
+        // purger finishes the last segments).
+        let exported = match exported {
+            Ok(()) => match w.finish_segments(cut) {
+                Ok(m) => {
+                    let _ = final_tx.send(m.clone());
+                    Ok(m)
+                }
+                Err(e) => Err(e.context(format!("finishing {}", local.display()))),
+            },
+            Err(e) => {
+                writer = Some(w);
+                Err(e)
+            }
+        };
+        drop(final_tx);
         let uploaded = join(uploader);
         let purged = join(purger);
         (exported, uploaded, purged)
@@ -226,16 +253,23 @@ pub fn export_segmented(
     cx.gauge("upload_seconds", upload_stats.write_secs);
     cx.gauge("verify_seconds", upload_stats.verify_secs);
     cx.gauge("archive_segments", log.segments.len() as f64);
-    let failure = purge_result.err().or(upload_result.err()).or(exported
+    let (m, export_error) = match exported {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(e)),
+    };
+    let failure = purge_result
         .err()
-        .filter(|e| e.downcast_ref::<PipelineStopped>().is_none()));
+        .or(upload_result.err())
+        .or(export_error.filter(|e| e.downcast_ref::<PipelineStopped>().is_none()));
     if let Some(e) = failure {
         if log.segments.is_empty() {
             // Nothing was verified, so nothing was deleted: the writer removes its partial.
             drop(writer);
             return Err(e.context("nothing was deleted"));
         }
-        writer.keep_partial();
+        if let Some(w) = writer {
+            w.keep_partial();
+        }
         return Err(e.context(format!(
             "{}; run `opskit archive run --month {}` again: it closes the archive with the verified segments, \
              finishes their purge, and archives the rest of the month in a late pass",
@@ -243,9 +277,7 @@ pub fn export_segmented(
             job.bounds.month
         )));
     }
-    let m = writer
-        .finish_segments(log.segments.clone())
-        .with_context(|| format!("finishing {}", local.display()))?;
+    let m = m.ok_or_else(|| anyhow!("internal: the segmented export ended without a manifest"))?;
     PurgeCheckpoint::rebind(&job.purge_checkpoint(), &log.run_id, &m.sha256)?;
     log.finished = true;
     log.save(job)?;
@@ -291,6 +323,8 @@ struct SegmentSink<'w> {
     up_tx: Option<SyncSender<Segment>>,
     docs: Vec<ArchivedDoc>,
     stats: SegmentStats,
+    /// The segments handed to the uploader so far.
+    cut: Vec<SegmentEntry>,
     index: u32,
     first_doc: u64,
     segment_docs: usize,
@@ -369,6 +403,7 @@ impl SegmentSink<'_> {
         };
         self.index = index;
         self.first_doc += entry.docs;
+        self.cut.push(entry.clone());
         let sent = self
             .up_tx
             .as_ref()
@@ -396,6 +431,7 @@ fn upload_segments(
     partial: &Path,
     rx: Receiver<Segment>,
     purge_tx: SyncSender<Segment>,
+    final_rx: Receiver<ArchiveManifest>,
 ) -> (anyhow::Result<()>, UploadStats) {
     let mut stats = UploadStats::default();
     let r = (|| {
@@ -423,8 +459,18 @@ fn upload_segments(
                 );
                 if purge_tx.send(seg).is_err() {
                     // The purger stopped: its error says why.
-                    break;
+                    return Ok(());
                 }
+            }
+            drop(purge_tx);
+            // Every segment is verified: the whole file gets its final name.
+            if let Ok(m) = final_rx.recv() {
+                remote.finish(&m)?;
+                let marker = job.uploaded_marker();
+                if let Some(dir) = marker.parent() {
+                    opskit_core::util::create_private_dir_all(dir)?;
+                }
+                opskit_core::util::write_atomic(&marker, m.sha256.as_bytes(), 0o600)?;
             }
             Ok::<(), anyhow::Error>(())
         })();
@@ -465,10 +511,16 @@ pub fn recover(job: &ArchiveJob, mut log: SegmentLog) -> anyhow::Result<ArchiveM
     let local = job.local_path();
     let partial = partial_path(&local);
     let keep = log.bytes();
+    // A run killed after the local rename left the file at its final name.
+    let src = if partial.exists() || !local.exists() {
+        partial.clone()
+    } else {
+        local.clone()
+    };
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&partial)
+        .open(&src)
         .with_context(|| {
             format!(
                 "opening {}: {}; fetch the remote file to continue by hand",
@@ -485,7 +537,7 @@ pub fn recover(job: &ArchiveJob, mut log: SegmentLog) -> anyhow::Result<ArchiveM
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
             f.read_exact(&mut buf[..n])
-                .with_context(|| format!("reading segment {} of {}", s.index, partial.display()))?;
+                .with_context(|| format!("reading segment {} of {}", s.index, src.display()))?;
             seg.update(&buf[..n]);
             whole.update(&buf[..n]);
             left -= n as u64;
@@ -496,7 +548,7 @@ pub fn recover(job: &ArchiveJob, mut log: SegmentLog) -> anyhow::Result<ArchiveM
                 "segment {} of {} has sha256 {sha}, verified as {} when it was uploaded: the local copy changed; \
                  {}",
                 s.index,
-                partial.display(),
+                src.display(),
                 s.sha256,
                 log.whereabouts(job)
             );
@@ -512,9 +564,14 @@ pub fn recover(job: &ArchiveJob, mut log: SegmentLog) -> anyhow::Result<ArchiveM
         })?;
     drop(f);
     let host = job.backup_host()?;
-    host.resume_segments(&log.file, &log.segments)
-        .with_context(|| format!("checking the verified segments of {}", log.remote))?
-        .close();
+    if host.final_len(&log.file)? == Some(keep) {
+        // Killed right after the final link: the upload step checks that file whole.
+        tracing::info!("{} already has its final name", log.remote);
+    } else {
+        host.resume_segments(&log.file, &log.segments)
+            .with_context(|| format!("checking the verified segments of {}", log.remote))?
+            .close();
+    }
     let first = log.segments.first();
     let last = log.segments.last();
     let contents = Contents {
@@ -533,8 +590,10 @@ pub fn recover(job: &ArchiveJob, mut log: SegmentLog) -> anyhow::Result<ArchiveM
         contents,
         log.segments.clone(),
     );
-    std::fs::rename(&partial, &local)
-        .with_context(|| format!("renaming {} to {}", partial.display(), local.display()))?;
+    if src != local {
+        std::fs::rename(&src, &local)
+            .with_context(|| format!("renaming {} to {}", src.display(), local.display()))?;
+    }
     if let Some(dir) = local.parent() {
         File::open(dir)
             .and_then(|d| d.sync_all())

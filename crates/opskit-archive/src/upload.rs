@@ -52,6 +52,17 @@ impl StepAction for UploadStep {
         let month = job.bounds.month.to_string();
         let mut sent = 0u64;
         let segmented = !m.segments.is_empty();
+        if segmented && job.uploaded_sha().as_deref() == Some(m.sha256.as_str()) {
+            tracing::info!(
+                "{} already has its final name: the segmented export linked it once its {} segments were verified",
+                remote_path(host.remote_dir(), &m.file),
+                m.segments.len()
+            );
+            cx.record("remote", remote_path(host.remote_dir(), &m.file));
+            cx.record("final_bytes", m.compressed_bytes);
+            cx.record("sha256", &m.sha256);
+            return Ok(());
+        }
         let mut on_bytes = |n: u64| {
             progress.inc(n);
             sent += n;

@@ -324,8 +324,10 @@ fn a_resumed_purge_refuses_an_archive_that_changed_since_it_was_verified() {
 
 #[test]
 fn kill_in_the_middle_of_a_large_upload_then_rerun_resumes_it() {
-    // About 1.3 MB compressed: the kill comes after the first 1 MiB block.
+    // About 1.3 MB compressed: the kill comes after the first 1 MiB block. The month is
+    // uploaded in one piece (the classic path: segments have their own tests).
     let rig = Rig::new(25_000, |c| {
+        c.archive.segment_docs = opskit_core::config::value::Positive::new(100_000);
         c.archive.purge.batch_size = opskit_core::config::value::Positive::new(5000);
         c.archive.purge.min_batch_size = opskit_core::config::value::Positive::new(5000);
         c.archive.purge.max_batch_size = opskit_core::config::value::Positive::new(5000);

@@ -352,6 +352,42 @@ impl RemoteAppend<'_> {
         Ok(times)
     }
 
+    /// Gives the remote file its final name once every segment of `m` was appended and
+    /// verified: its size must be the manifest's; then link (never overwriting) and the
+    /// manifest beside it. Ends the session.
+    pub fn finish(&mut self, m: &ArchiveManifest) -> anyhow::Result<()> {
+        if self.len != m.compressed_bytes {
+            bail!(
+                "{} holds {} verified bytes but the archive has {}",
+                self.tmp_path,
+                self.len,
+                m.compressed_bytes
+            );
+        }
+        let host = self.host;
+        let final_path = remote_path(&host.remote_dir, &m.file);
+        let (file, sftp) = (self.file.take(), self.sftp.take());
+        let tmp = self.tmp_path.clone();
+        host.rt.block_on(async {
+            let r = async {
+                if let Some(f) = file {
+                    within(host.timeout, &format!("closing {tmp}"), f.close()).await?;
+                }
+                let Some(sftp) = sftp.as_ref() else {
+                    bail!("internal: the session to {} is closed", host.host);
+                };
+                pause_point("upload", "link", 1);
+                host.link_final(sftp, &tmp, &final_path, m).await?;
+                host.put_manifest(sftp, m).await
+            }
+            .await;
+            if let Some(s) = sftp {
+                host.close(s).await;
+            }
+            r
+        })
+    }
+
     /// Closes the file and the session.
     pub fn close(mut self) {
         let (host, file, sftp) = (self.host, self.file.take(), self.sftp.take());
