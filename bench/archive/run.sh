@@ -16,8 +16,9 @@
 # A `summary` line per pool and size gives opskit ÷ floor (issue 14's target: ≤ 1.15). At the
 # end it compares the compression stage with `pigz -p 2 -6` on the same raw bytes (when the
 # compress_stage example is built). Everything runs on loopback; the lab is torn down at the end.
-# Optional knobs: PURGE_BATCH, PURGE_CONNECTIONS (archive.purge.*), SKIP_OTHERS=1 (opskit and
-# the floor only).
+# Optional knobs: PURGE_BATCH, PURGE_CONNECTIONS (archive.purge.*), SEGMENT_DOCS,
+# COMPRESSION_LEVEL (archive.*), SKIP_OTHERS=1 (opskit and the floor only). Every tool's CPU
+# seconds (its own and mariadbd's) are logged beside its wall time.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -43,6 +44,8 @@ cleanup() {
   "$OPSKIT" lab down --dir "$LAB" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+[[ -n ${SEGMENT_DOCS:-} ]] && sed -i "s/^segment_docs = .*/segment_docs = $SEGMENT_DOCS/" "$LAB/opskit.toml"
+[[ -n ${COMPRESSION_LEVEL:-} ]] && sed -i "s/^compression_level = .*/compression_level = $COMPRESSION_LEVEL/" "$LAB/opskit.toml"
 [[ -n ${PURGE_BATCH:-} ]] && sed -i "s/^batch_size = .*/batch_size = $PURGE_BATCH/" "$LAB/opskit.toml"
 [[ -n ${PURGE_CONNECTIONS:-} ]] && sed -i "/^\[archive.purge\]/a connections = $PURGE_CONNECTIONS" "$LAB/opskit.toml" && sed -i '0,/^connections = 2$/{/^connections = 2$/d}' "$LAB/opskit.toml"
 PORT=$(awk -F= '/^port=/{print $2; exit}' "$CNF")
@@ -101,14 +104,27 @@ restart_with_pool() {
   exit 1
 }
 
-# timed FILE CMD…: runs CMD under /usr/bin/time with its output in FILE; sets WALL, RSS and
-# CODE (its exit code; a failure is logged, not fatal, so the other tools still run).
+# server_cpu: mariadbd's user + system CPU seconds so far (all its threads).
+server_cpu() {
+  local pid
+  pid=$(cat "$LAB/mariadb/mysqld.pid")
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"
+}
+
+# timed FILE CMD…: runs CMD under /usr/bin/time with its output in FILE; sets WALL, RSS,
+# CPU (the command's own user + system seconds, children included), SCPU (mariadbd's CPU
+# seconds meanwhile) and CODE (its exit code; a failure is logged, not fatal, so the other
+# tools still run). On 2 cores, WALL ≥ (CPU + SCPU) / 2: work can only hide under other work
+# where a core is idle.
 timed() {
-  local out=$1
+  local out=$1 s0 u s
   shift
   CODE=0
-  /usr/bin/time -f '%e %M' -o "$LAB/time.txt" "$@" > "$out" 2>&1 || CODE=$?
-  read -r WALL RSS < <(tail -1 "$LAB/time.txt")
+  s0=$(server_cpu)
+  /usr/bin/time -f '%e %M %U %S' -o "$LAB/time.txt" "$@" > "$out" 2>&1 || CODE=$?
+  read -r WALL RSS u s < <(tail -1 "$LAB/time.txt")
+  CPU=$(echo "$u + $s" | bc)
+  SCPU=$(echo "$(server_cpu) - $s0" | bc)
   if [[ $CODE != 0 ]]; then
     log "FAILED (exit $CODE): $1 … — last lines of $out:"
     tail -3 "$out" | tee -a "$RESULTS"
@@ -134,7 +150,8 @@ for pool in $POOLS; do
     opskit_wall=$WALL
     raw=$(metric bytes_raw); gz=$(metric bytes_compressed)
     ex=$(metric export_seconds); up=$(metric upload_seconds); ve=$(metric verify_seconds); pu=$(metric purge_seconds)
-    log "rows=$n wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) peak_rss_kib=$RSS left_in_month=$(month_rows)"
+    log "rows=$n wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) peak_rss_kib=$RSS left_in_month=$(month_rows) opskit_cpu_s=$CPU server_cpu_s=$SCPU"
+    opskit_cpu=$(echo "$CPU + $SCPU" | bc)
     log "raw_bytes=$raw gz_bytes=$gz ratio=$(echo "scale=2; $raw / $gz" | bc)"
     log "export_s=$ex (raw $(echo "scale=1; $raw / $ex / 1000000" | bc) MB/s) upload_s=$up ($(echo "scale=1; $gz / $up / 1000000" | bc) MB/s compressed) verify_s=$ve purge_s=$pu ($(echo "$n / $pu" | bc) rows/s)"
     if [[ $n == "$MAX" ]]; then
@@ -149,7 +166,8 @@ for pool in $POOLS; do
       '  UNTIL ROW_COUNT() = 0 END REPEAT;' 'END//' > "$LAB/floor.sql"
     timed "$LAB/floor.log" mariadb --defaults-file="$CNF" test --batch -e "source $LAB/floor.sql"
     floor_wall=$WALL
-    log "floor: wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) left_in_month=$(month_rows)"
+    log "floor: wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) left_in_month=$(month_rows) server_cpu_s=$SCPU"
+    floor_cpu=$(echo "$CPU + $SCPU" | bc)
 
     pt_wall=- pt_full=- sh_wall=-
     if [[ -z ${SKIP_OTHERS:-} ]]; then
@@ -189,7 +207,7 @@ for pool in $POOLS; do
       log "shell pipeline: wall_s=$WALL rows_per_s=$(echo "$n / $WALL" | bc) left_in_month=$(month_rows) gz_bytes=$(stat -c %s "$LAB/sh/user_logs.sql.gz")"
     fi
     log ""
-    log "summary pool=$pool rows=$n opskit_s=$opskit_wall floor_s=$floor_wall opskit_over_floor=$(echo "scale=2; $opskit_wall / $floor_wall" | bc) shell_s=$sh_wall pt_archiver_s=$pt_wall pt_archiver_gz_sftp_s=$pt_full"
+    log "summary pool=$pool rows=$n opskit_s=$opskit_wall floor_s=$floor_wall opskit_over_floor=$(echo "scale=2; $opskit_wall / $floor_wall" | bc) opskit_cpu_s=$opskit_cpu floor_cpu_s=$floor_cpu shell_s=$sh_wall pt_archiver_s=$pt_wall pt_archiver_gz_sftp_s=$pt_full"
   done
 done
 

@@ -364,10 +364,16 @@ impl RecordSink for SegmentSink<'_> {
         if s.max_date.as_deref().is_none_or(|m| record.date > m) {
             s.max_date = Some(record.date.to_string());
         }
+        // A document the server fingerprinted is purged by that fingerprint: its bytes stay
+        // only in the file (without them, a fallback compare could only keep the row).
+        let raw = match record.fingerprint {
+            Some(_) => RawDocumentBuf::new(),
+            None => RawDocumentBuf::from_bytes(record.raw.to_vec())
+                .context("an exported document is not valid BSON")?,
+        };
         self.docs.push(ArchivedDoc {
             id: record.id.clone(),
-            raw: RawDocumentBuf::from_bytes(record.raw.to_vec())
-                .context("an exported document is not valid BSON")?,
+            raw,
             fingerprint: record.fingerprint,
         });
         if let Some(p) = self.progress.as_mut() {
