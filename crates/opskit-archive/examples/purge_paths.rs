@@ -61,7 +61,10 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(600),
     )?;
     source.set_delete_connections(connections);
-    let bounds = MonthBounds::new("2024-01".parse().map_err(anyhow::Error::msg)?, chrono_tz::UTC)?;
+    let bounds = MonthBounds::new(
+        "2024-01".parse().map_err(anyhow::Error::msg)?,
+        chrono_tz::UTC,
+    )?;
     let mut keep = Keep {
         docs: Vec::new(),
         fingerprints,
@@ -69,7 +72,9 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     source.export(&bounds, &mut keep)?;
     let export_s = started.elapsed().as_secs_f64();
-    let server: Option<u32> = std::env::var("SERVER_PID").ok().and_then(|p| p.parse().ok());
+    let server: Option<u32> = std::env::var("SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok());
     let (server0, client0) = (server.and_then(cpu_of), own_cpu());
     let started = Instant::now();
     let mut total = DeleteOutcome::default();
