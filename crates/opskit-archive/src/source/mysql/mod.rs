@@ -84,7 +84,7 @@ pub struct MysqlSource {
     replicas: Vec<lag::Replica>,
     /// `archive.purge.discover_replicas`.
     discover: bool,
-    /// The export selects each row's fingerprint ([`fingerprint`]).
+    /// The export selects each row's fingerprint ([`fingerprint_expr`]).
     fingerprints: bool,
     /// Discovery ran.
     discovered: bool,
@@ -365,7 +365,7 @@ impl MysqlSource {
     }
 
     /// The export query: the month through the date index, in (date, key) order; every
-    /// column, then (unless turned off) the row's fingerprint ([`fingerprint`]) under a
+    /// column, then (unless turned off) the row's fingerprint ([`fingerprint_expr`]) under a
     /// reserved alias.
     pub fn export_sql(&mut self) -> anyhow::Result<String> {
         let info = self.info()?;
