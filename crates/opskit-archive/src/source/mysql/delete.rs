@@ -11,9 +11,9 @@
 //!   the moment the `DELETE` reads it under its own row lock, hashes to the value the server
 //!   computed for the very row version that was written into the archive. A server upgrade
 //!   that changes how values are formatted can only make rows look changed: they are kept
-//!   and a late pass archives them again, nothing is lost. The column list is checked against
-//!   the table before each batch; if a column was added or removed since the export, the
-//!   batch takes the locked path instead.
+//!   and a late pass archives them again, nothing is lost. The column list (names and types)
+//!   is checked against the table before each batch; if a column was added, removed or
+//!   retyped since the export, the batch takes the locked path instead.
 //! - **Locked compare** (any document without a fingerprint, e.g. read back from an archive
 //!   file): in one transaction the session locks its rows (`SELECT * … FOR UPDATE`), encodes
 //!   them exactly as the export did, deletes only the rows byte-identical to the archived
@@ -58,8 +58,8 @@ impl MysqlSource {
             return Ok(DeleteOutcome::default());
         }
         let info = self.info()?;
-        // The fast path only while the table still has exactly the columns the export's
-        // fingerprints cover.
+        // The fast path only while the table still has exactly the columns (names and types)
+        // the export's fingerprints cover.
         let fingerprint = if docs.iter().any(|d| d.fingerprint.is_some()) {
             let now = self.read_columns()?;
             if now == info.columns {

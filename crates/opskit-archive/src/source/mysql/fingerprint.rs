@@ -1,6 +1,12 @@
 //! The server's fingerprint of a row: `UNHEX(MD5(…))` over every column of the table, in
 //! table order, each value as `QUOTE(CAST(col AS BINARY))`.
 //!
+//! Two types do not go through their own text form, which would not tell every value apart:
+//! a `FLOAT` prints with 6 significant digits (`1.0000001` and `1.0000002` both print `1`), so
+//! it is hashed as `CAST(col AS DOUBLE)`, whose text is exact; a `TIMESTAMP` prints in the
+//! session zone, where the hour a DST change repeats shows two instants as one text, so it is
+//! hashed as `UNIX_TIMESTAMP(col)`.
+//!
 //! `QUOTE(NULL)` is the bare word `NULL`; every other value is quoted with `'`, `\` and the
 //! control characters escaped, so the text hashed is an injective encoding of the row (the
 //! string `'NULL'` and NULL differ, a comma inside a value cannot shift a boundary). The
@@ -21,11 +27,20 @@ use super::quote_ident;
 /// so a table column of that name changes nothing).
 pub(super) const ALIAS: &str = "__opskit_fingerprint";
 
-/// The fingerprint expression over `columns` (every column of the table, in table order).
-pub fn fingerprint_expr(columns: &[String]) -> String {
+/// The fingerprint expression over `columns` (every column of the table, in table order, with
+/// its `information_schema` `DATA_TYPE`).
+pub fn fingerprint_expr(columns: &[(String, String)]) -> String {
     let quoted: Vec<String> = columns
         .iter()
-        .map(|c| format!("QUOTE(CAST({} AS BINARY))", quote_ident(c)))
+        .map(|(name, data_type)| {
+            let c = quote_ident(name);
+            let value = match data_type.to_ascii_lowercase().as_str() {
+                "float" => format!("CAST({c} AS DOUBLE)"),
+                "timestamp" => format!("UNIX_TIMESTAMP({c})"),
+                _ => c,
+            };
+            format!("QUOTE(CAST({value} AS BINARY))")
+        })
         .collect();
     format!("UNHEX(MD5(CONCAT({})))", quoted.join(", ',', "))
 }
@@ -42,15 +57,28 @@ pub(super) fn fingerprint_of(v: Option<&Value>) -> Option<[u8; 16]> {
 mod tests {
     use super::*;
 
+    fn col(name: &str, data_type: &str) -> (String, String) {
+        (name.into(), data_type.into())
+    }
+
     #[test]
     fn every_column_is_quoted_in_order() {
         assert_eq!(
-            fingerprint_expr(&["id".into(), "a`b".into()]),
+            fingerprint_expr(&[col("id", "bigint"), col("a`b", "varchar")]),
             "UNHEX(MD5(CONCAT(QUOTE(CAST(`id` AS BINARY)), ',', QUOTE(CAST(`a``b` AS BINARY)))))"
         );
         assert_eq!(
-            fingerprint_expr(&["id".into()]),
+            fingerprint_expr(&[col("id", "int")]),
             "UNHEX(MD5(CONCAT(QUOTE(CAST(`id` AS BINARY)))))"
+        );
+    }
+
+    #[test]
+    fn floats_and_timestamps_are_hashed_exactly() {
+        assert_eq!(
+            fingerprint_expr(&[col("f", "FLOAT"), col("t", "timestamp")]),
+            "UNHEX(MD5(CONCAT(QUOTE(CAST(CAST(`f` AS DOUBLE) AS BINARY)), ',', \
+             QUOTE(CAST(UNIX_TIMESTAMP(`t`) AS BINARY)))))"
         );
     }
 

@@ -62,8 +62,8 @@ struct TableInfo {
     pk: String,
     date_kind: DateKind,
     index: Option<String>,
-    /// Every column, in table order (what the fingerprint covers).
-    columns: Vec<String>,
+    /// Every column and its `DATA_TYPE`, in table order (what the fingerprint covers).
+    columns: Vec<(String, String)>,
 }
 
 /// A MySQL/MariaDB table as an archive source.
@@ -345,12 +345,12 @@ impl MysqlSource {
         Ok(info)
     }
 
-    /// Every column of the table, in table order.
-    fn read_columns(&mut self) -> anyhow::Result<Vec<String>> {
+    /// Every column of the table and its `DATA_TYPE`, in table order.
+    fn read_columns(&mut self) -> anyhow::Result<Vec<(String, String)>> {
         let (db, table) = (self.database.clone(), self.table.clone());
         self.with_conn("reading the columns", move |c| {
             Box::pin(c.exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             ))
@@ -491,7 +491,7 @@ impl MysqlSource {
                         names.eq(info
                             .columns
                             .iter()
-                            .map(|c| std::borrow::Cow::Borrowed(c.as_str())))
+                            .map(|(c, _)| std::borrow::Cow::Borrowed(c.as_str())))
                     });
                 let (id, date) = encode_row(&row, n, &info.pk, &date_field, &mut doc)?;
                 let fingerprint = covered
