@@ -413,7 +413,8 @@ fn source_sql_hint(job: &ArchiveJob) -> (String, String) {
         let d = quote_ident(c.date_field.as_str());
         (
             format!(
-                "SELECT * FROM {t} FORCE INDEX (<index on {d}>) WHERE {d} >= '{}' AND {d} < '{}' ORDER BY {d}, <primary key>",
+                "SELECT *, UNHEX(MD5(CONCAT(QUOTE(CAST(<each column> AS BINARY)), ',', …))) AS `__opskit_fingerprint` FROM {t} FORCE INDEX (<index on {d}>) \
+                 WHERE {d} >= '{}' AND {d} < '{}' ORDER BY {d}, <primary key>  -- the fingerprint is never written into the archive",
                 b.lower, b.upper
             ),
             format!(
