@@ -45,6 +45,38 @@ pub fn fingerprint_expr(columns: &[(String, String)]) -> String {
     format!("UNHEX(MD5(CONCAT({})))", quoted.join(", ',', "))
 }
 
+/// A condition, for the purge's `DELETE`, that holds only while the table has exactly
+/// `columns` (position, name, type): checked by the statement itself, under its own metadata
+/// lock, so an `ALTER TABLE` that slips in after the purge last looked at the table makes the
+/// statement delete nothing (every row is then kept as changed) instead of deleting rows whose
+/// new column the fingerprints do not cover. Parameters: [`columns_guard_params`].
+pub(super) fn columns_guard(columns: usize) -> String {
+    format!(
+        "(SELECT COUNT(*) = ? AND SUM((ORDINAL_POSITION, COLUMN_NAME, DATA_TYPE) IN ({})) = ? \
+         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?)",
+        vec!["(?,?,?)"; columns].join(",")
+    )
+}
+
+/// The parameters of [`columns_guard`].
+pub(super) fn columns_guard_params(
+    database: &str,
+    table: &str,
+    columns: &[(String, String)],
+) -> Vec<Value> {
+    let n = Value::UInt(columns.len() as u64);
+    let mut params = vec![n.clone()];
+    for (i, (name, data_type)) in columns.iter().enumerate() {
+        params.push(Value::UInt(i as u64 + 1));
+        params.push(Value::Bytes(name.as_bytes().to_vec()));
+        params.push(Value::Bytes(data_type.as_bytes().to_vec()));
+    }
+    params.push(n);
+    params.push(Value::Bytes(database.as_bytes().to_vec()));
+    params.push(Value::Bytes(table.as_bytes().to_vec()));
+    params
+}
+
 /// The fingerprint column's value: 16 bytes, or `None` (NULL, or not an MD5).
 pub(super) fn fingerprint_of(v: Option<&Value>) -> Option<[u8; 16]> {
     match v {
@@ -79,6 +111,26 @@ mod tests {
             fingerprint_expr(&[col("f", "FLOAT"), col("t", "timestamp")]),
             "UNHEX(MD5(CONCAT(QUOTE(CAST(CAST(`f` AS DOUBLE) AS BINARY)), ',', \
              QUOTE(CAST(UNIX_TIMESTAMP(`t`) AS BINARY)))))"
+        );
+    }
+
+    #[test]
+    fn the_columns_guard_has_one_parameter_per_placeholder() {
+        let columns = [col("id", "bigint"), col("note", "varchar")];
+        let sql = columns_guard(columns.len());
+        let params = columns_guard_params("test", "t", &columns);
+        assert_eq!(sql.matches('?').count(), params.len());
+        assert_eq!(
+            params[1..4],
+            [
+                Value::UInt(1),
+                Value::Bytes(b"id".to_vec()),
+                Value::Bytes(b"bigint".to_vec())
+            ]
+        );
+        assert_eq!(
+            params[params.len() - 2..],
+            [Value::Bytes(b"test".to_vec()), Value::Bytes(b"t".to_vec())]
         );
     }
 
