@@ -1,7 +1,8 @@
 //! The MySQL purge alone, by path (issue 14; `bench/archive/purge_paths.sh` runs it): exports
 //! January 2024 of a table into memory with `MysqlSource::export`, then deletes it in fixed
 //! batches through `delete_archived`, either with the export's fingerprints (`fp`) or without
-//! them (`locked`: the documents as the purge reads them back from the archive file).
+//! them (`locked`: an export that computes none, and documents as the purge reads them back
+//! from the archive file), so `export_s` also shows what the fingerprints cost the export.
 //!
 //! ```text
 //! cargo build --release -p opskit-archive --example purge_paths
@@ -61,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(600),
     )?;
     source.set_delete_connections(connections);
+    source.set_fingerprints(fingerprints);
     let bounds = MonthBounds::new(
         "2024-01".parse().map_err(anyhow::Error::msg)?,
         chrono_tz::UTC,

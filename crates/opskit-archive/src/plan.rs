@@ -428,12 +428,13 @@ fn source_sql_hint(job: &ArchiveJob) -> (String, String) {
         let d = quote_ident(c.date_field.as_str());
         (
             format!(
-                "SELECT * FROM {t} FORCE INDEX (<index on {d}>) WHERE {d} >= '{}' AND {d} < '{}' ORDER BY {d}, <primary key>",
+                "SELECT *, UNHEX(MD5(CONCAT(QUOTE(CAST(<each column> AS BINARY)), ',', …))) AS `__opskit_fingerprint` FROM {t} FORCE INDEX (<index on {d}>) \
+                 WHERE {d} >= '{}' AND {d} < '{}' ORDER BY {d}, <primary key>  -- the fingerprint is never written into the archive",
                 b.lower, b.upper
             ),
             format!(
                 "per session and batch part, when every archived row of the part carries the fingerprint the server computed at export time: one autocommit \
-                 DELETE FROM {t} WHERE <primary key> IN (<ids>) AND {d} >= '{lo}' AND {d} < '{hi}' AND UNHEX(MD5(CONCAT(QUOTE(CAST(<each column> AS BINARY)), ',', …))) IN (<their fingerprints>) \
+                 DELETE FROM {t} WHERE <primary key> IN (<ids>) AND {d} >= '{lo}' AND {d} < '{hi}' AND UNHEX(MD5(CONCAT(QUOTE(CAST(<each column; FLOAT as DOUBLE, TIMESTAMP as UNIX_TIMESTAMP> AS BINARY)), ',', …))) IN (<their fingerprints>) \
                  (then SELECT COUNT(*) FROM {t} WHERE <primary key> IN (<ids>) when fewer rows went: those are kept as changed); \
                  otherwise (documents read back from the archive file carry no fingerprint), in one transaction: START TRANSACTION; SELECT * FROM {t} WHERE <primary key> IN (<ids from the archive>) FOR UPDATE; \
                  (keep the rows that are byte-identical to the archived documents) DELETE FROM {t} WHERE <primary key> IN (<those ids>) AND {d} >= '{lo}' AND {d} < '{hi}'; COMMIT",

@@ -269,6 +269,13 @@ pub trait Source: Send {
         Ok(Vec::new())
     }
 
+    /// Whether the export computes each record's fingerprint ([`Record::fingerprint`]), for a
+    /// purge that is handed the exported records. Sources without fingerprints ignore it.
+    /// MySQL computes them unless told not to; they cost the server an MD5 of every row.
+    fn set_fingerprints(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// Inserts archived documents back, keeping documents already present (restore).
     /// Returns how many were inserted.
     fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64>;

@@ -11,9 +11,11 @@
 //!   the moment the `DELETE` reads it under its own row lock, hashes to the value the server
 //!   computed for the very row version that was written into the archive. A server upgrade
 //!   that changes how values are formatted can only make rows look changed: they are kept
-//!   and a late pass archives them again, nothing is lost. The column list is checked against
-//!   the table before each batch; if a column was added or removed since the export, the
-//!   batch takes the locked path instead.
+//!   and a late pass archives them again, nothing is lost. The column list (names and types)
+//!   is checked against the table before each batch; if a column was added, removed or
+//!   retyped since the export, the batch takes the locked path instead. The `DELETE` checks it
+//!   again itself, under its own metadata lock, so an `ALTER TABLE` between that check and the
+//!   statement makes it delete nothing (the rows stay, counted changed).
 //! - **Locked compare** (any document without a fingerprint, e.g. read back from an archive
 //!   file): in one transaction the session locks its rows (`SELECT * … FOR UPDATE`), encodes
 //!   them exactly as the export did, deletes only the rows byte-identical to the archived
@@ -30,6 +32,7 @@ use anyhow::{anyhow, bail};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 
+use super::fingerprint::{columns_guard, columns_guard_params};
 use super::row::{IdKey, encode_row};
 use super::{MAX_IDS_PER_STATEMENT, MysqlSource, fingerprint_expr, month_predicate, quote_ident};
 use crate::bounds::MonthBounds;
@@ -58,12 +61,16 @@ impl MysqlSource {
             return Ok(DeleteOutcome::default());
         }
         let info = self.info()?;
-        // The fast path only while the table still has exactly the columns the export's
-        // fingerprints cover.
+        // The fast path only while the table still has exactly the columns (names and types)
+        // the export's fingerprints cover.
         let fingerprint = if docs.iter().any(|d| d.fingerprint.is_some()) {
             let now = self.read_columns()?;
             if now == info.columns {
-                Some(fingerprint_expr(&info.columns))
+                Some(Fingerprint {
+                    expr: fingerprint_expr(&info.columns),
+                    guard: columns_guard(info.columns.len()),
+                    guard_params: columns_guard_params(&self.database, &self.table, &info.columns),
+                })
             } else {
                 tracing::warn!(
                     "the columns of {} changed since the export: the purge compares each row \
@@ -103,7 +110,7 @@ impl MysqlSource {
             while !pending.is_empty() {
                 let pool = &mut self.delete_pool;
                 let date_field = date_field.as_str();
-                let fingerprint = fingerprint.as_deref();
+                let fingerprint = fingerprint.as_ref();
                 let result = self.rt.block_on(async {
                     let futures = pending.iter().zip(pool.iter_mut()).map(|(&i, c)| {
                         let part = Part {
@@ -197,7 +204,16 @@ struct Part<'a> {
     lo: &'a str,
     hi: &'a str,
     /// The fingerprint expression, when the table still has the columns it covers.
-    fingerprint: Option<&'a str>,
+    fingerprint: Option<&'a Fingerprint>,
+}
+
+/// What a fingerprinted delete adds to its statement.
+struct Fingerprint {
+    /// The fingerprint of a row ([`fingerprint_expr`]).
+    expr: String,
+    /// The check that the table still has the columns `expr` covers, and its parameters.
+    guard: String,
+    guard_params: Vec<Value>,
 }
 
 impl Part<'_> {
@@ -210,7 +226,7 @@ impl Part<'_> {
     ) -> anyhow::Result<DeleteOutcome> {
         let hashes: Option<Vec<[u8; 16]>> = chunk.iter().map(|d| d.fingerprint).collect();
         match (self.fingerprint, hashes) {
-            (Some(expr), Some(hashes)) => self.run_fingerprinted(c, expr, chunk, hashes).await,
+            (Some(fp), Some(hashes)) => self.run_fingerprinted(c, fp, chunk, hashes).await,
             _ => self.run_locked(c, select, chunk).await,
         }
     }
@@ -219,7 +235,7 @@ impl Part<'_> {
     async fn run_fingerprinted(
         &self,
         c: &mut Conn,
-        expr: &str,
+        fp: &Fingerprint,
         chunk: &[ArchivedDoc],
         hashes: Vec<[u8; 16]>,
     ) -> anyhow::Result<DeleteOutcome> {
@@ -230,8 +246,10 @@ impl Part<'_> {
         }
         let marks = vec!["?"; n].join(",");
         let sql = format!(
-            "DELETE FROM {t} WHERE {pk} IN ({marks}) AND {} AND {expr} IN ({marks})",
+            "DELETE FROM {t} WHERE {pk} IN ({marks}) AND {} AND {} IN ({marks}) AND {}",
             self.predicate,
+            fp.expr,
+            fp.guard,
             t = self.table,
             pk = quote_ident(self.pk),
         );
@@ -240,6 +258,7 @@ impl Part<'_> {
         params.push(Value::Bytes(self.lo.as_bytes().to_vec()));
         params.push(Value::Bytes(self.hi.as_bytes().to_vec()));
         params.extend(hashes.iter().map(|h| Value::Bytes(h.to_vec())));
+        params.extend(fp.guard_params.iter().cloned());
         c.exec_drop(sql, params).await?;
         let deleted = c.affected_rows();
         let n = n as u64;

@@ -62,8 +62,8 @@ struct TableInfo {
     pk: String,
     date_kind: DateKind,
     index: Option<String>,
-    /// Every column, in table order (what the fingerprint covers).
-    columns: Vec<String>,
+    /// Every column and its `DATA_TYPE`, in table order (what the fingerprint covers).
+    columns: Vec<(String, String)>,
 }
 
 /// A MySQL/MariaDB table as an archive source.
@@ -84,6 +84,8 @@ pub struct MysqlSource {
     replicas: Vec<lag::Replica>,
     /// `archive.purge.discover_replicas`.
     discover: bool,
+    /// The export selects each row's fingerprint ([`fingerprint_expr`]).
+    fingerprints: bool,
     /// Discovery ran.
     discovered: bool,
 }
@@ -169,6 +171,7 @@ impl MysqlSource {
             replicas: Vec::new(),
             discover: false,
             discovered: false,
+            fingerprints: true,
         })
     }
 
@@ -342,12 +345,12 @@ impl MysqlSource {
         Ok(info)
     }
 
-    /// Every column of the table, in table order.
-    fn read_columns(&mut self) -> anyhow::Result<Vec<String>> {
+    /// Every column of the table and its `DATA_TYPE`, in table order.
+    fn read_columns(&mut self) -> anyhow::Result<Vec<(String, String)>> {
         let (db, table) = (self.database.clone(), self.table.clone());
         self.with_conn("reading the columns", move |c| {
             Box::pin(c.exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             ))
@@ -362,13 +365,21 @@ impl MysqlSource {
     }
 
     /// The export query: the month through the date index, in (date, key) order; every
-    /// column, then the row's fingerprint ([`fingerprint`]) under a reserved alias.
+    /// column, then (unless turned off) the row's fingerprint ([`fingerprint_expr`]) under a
+    /// reserved alias.
     pub fn export_sql(&mut self) -> anyhow::Result<String> {
         let info = self.info()?;
+        let fingerprint = if self.fingerprints {
+            format!(
+                ", {} AS {}",
+                fingerprint_expr(&info.columns),
+                quote_ident(fingerprint::ALIAS)
+            )
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "SELECT *, {} AS {} FROM {} WHERE {} ORDER BY {d}, {pk}",
-            fingerprint_expr(&info.columns),
-            quote_ident(fingerprint::ALIAS),
+            "SELECT *{fingerprint} FROM {} WHERE {} ORDER BY {d}, {pk}",
             self.table_with_hint(&info),
             month_predicate(&self.date_field, info.date_kind),
             d = quote_ident(&self.date_field),
@@ -452,6 +463,7 @@ impl MysqlSource {
         let server = self.described.clone();
         let date_field = self.date_field.clone();
         let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        let with_fingerprint = self.fingerprints;
         // Connect (or reconnect) through with_conn, then stream on the raw connection.
         self.with_conn("preparing the export", |c| {
             Box::pin(c.query_drop("SET SESSION net_write_timeout = 600"))
@@ -472,14 +484,15 @@ impl MysqlSource {
                     .map_err(|_| anyhow!("reading rows from {server}: no row within {timeout:?}"))?
                     .with_context(|| format!("reading rows from {server}"))?;
                 let Some(row) = row else { break };
-                let n = row.columns_ref().len().saturating_sub(1);
-                let covered = *covered.get_or_insert_with(|| {
-                    let names = row.columns_ref()[..n].iter().map(|c| c.name_str());
-                    names.eq(info
-                        .columns
-                        .iter()
-                        .map(|c| std::borrow::Cow::Borrowed(c.as_str())))
-                });
+                let n = row.columns_ref().len() - usize::from(with_fingerprint);
+                let covered = with_fingerprint
+                    && *covered.get_or_insert_with(|| {
+                        let names = row.columns_ref()[..n].iter().map(|c| c.name_str());
+                        names.eq(info
+                            .columns
+                            .iter()
+                            .map(|(c, _)| std::borrow::Cow::Borrowed(c.as_str())))
+                    });
                 let (id, date) = encode_row(&row, n, &info.pk, &date_field, &mut doc)?;
                 let fingerprint = covered
                     .then(|| fingerprint::fingerprint_of(row.as_ref(n)))
@@ -636,6 +649,10 @@ impl Source for MysqlSource {
 
     fn unwatchable_replicas(&mut self) -> anyhow::Result<Vec<ReplicaLag>> {
         self.unwatchable_replica_lags()
+    }
+
+    fn set_fingerprints(&mut self, on: bool) {
+        self.fingerprints = on;
     }
 
     fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
