@@ -180,7 +180,11 @@ impl ExportStep {
             Some(n) => Some(n),
             None => s.range_stats(&job.bounds).map(|r| r.count).ok(),
         };
-        if expected.is_some_and(|n| n > job.config.segment_docs.get()) {
+        let segmented = expected.is_some_and(|n| n > job.config.segment_docs.get());
+        // Only a segmented purge is handed the exported records (the classic one reads the
+        // verified file back): fingerprints would cost the server for nothing otherwise.
+        s.set_fingerprints(segmented && job.config.purge.fingerprints);
+        if segmented {
             drop(s);
             let m = crate::segment::export_segmented(job, &self.source, identity, expected, cx)
                 .map_err(failed)?;

@@ -3,8 +3,8 @@
 //!
 //! Three threads, joined by channels holding at most one segment each:
 //! 1. the exporting thread reads the month and writes it to `<name>.partial` (gzip members);
-//!    every `segment_docs` documents it ends a segment: its members are fsynced and its
-//!    offset, length and sha256 known;
+//!    it ends a segment after 2,000 documents, then after twice as many each time up to
+//!    `segment_docs`: its members are fsynced and its offset, length and sha256 known;
 //! 2. the uploader appends each segment to `<name>.uploading` on the backup host, fsyncs it,
 //!    reads it back over SFTP and matches its sha256 ([`crate::sftp::RemoteAppend`]), then
 //!    records it in the [`SegmentLog`] (fsynced) — only then is the segment handed on;
@@ -41,6 +41,10 @@ use crate::source::{ArchivedDoc, Record, RecordSink};
 use crate::staged::{ArchiveIdentity, ArchiveManifest, SegmentEntry, partial_path};
 use crate::testhook::pause_point;
 use crate::writer::{ArchiveWriter, Contents};
+
+/// The first segment's size (when `archive.segment_docs` is larger): the purge can begin
+/// once it is verified; the next segments double up to `segment_docs`.
+const FIRST_SEGMENT_DOCS: usize = 2_000;
 
 /// How many documents pass between two looks at a stop request during the export.
 const STOP_CHECK_EVERY: u64 = 10_000;
@@ -208,7 +212,8 @@ pub fn export_segmented(
             cut: Vec::new(),
             index: 0,
             first_doc: 0,
-            segment_docs: job.config.segment_docs.get() as usize,
+            segment_docs: (job.config.segment_docs.get() as usize).min(FIRST_SEGMENT_DOCS),
+            max_segment_docs: job.config.segment_docs.get() as usize,
             progress: Some(export_progress),
             month: job.bounds.month.to_string(),
         };
@@ -327,7 +332,10 @@ struct SegmentSink<'w> {
     cut: Vec<SegmentEntry>,
     index: u32,
     first_doc: u64,
+    /// The size of the segment being filled: [`FIRST_SEGMENT_DOCS`], doubling up to
+    /// `max_segment_docs`, so the purge starts early.
     segment_docs: usize,
+    max_segment_docs: usize,
     progress: Option<Progress>,
     month: String,
 }
@@ -410,6 +418,7 @@ impl SegmentSink<'_> {
         self.index = index;
         self.first_doc += entry.docs;
         self.cut.push(entry.clone());
+        self.segment_docs = (self.segment_docs * 2).min(self.max_segment_docs);
         let sent = self
             .up_tx
             .as_ref()
@@ -502,9 +511,11 @@ fn purge_segments(
     let r = (|| {
         for seg in rx {
             purger.push_from(seg.entry.first_doc, seg.docs)?;
-            purger.run(false)?;
+            // A verified segment is purged at once, its last batch shorter if need be:
+            // waiting for the next segment to fill a batch would only leave work for the end.
+            purger.run(true)?;
         }
-        purger.run(true)
+        Ok(())
     })();
     let (_, stats) = purger.finish();
     (r, stats)
@@ -640,39 +651,46 @@ pub struct UnfinishedCheck {
     pub bytes: u64,
 }
 
-/// `archive verify --file <name>.partial [--remote]`: checks the verified segments of an
-/// unfinished segmented archive in the local file (and, with `remote`, in the remote
-/// temporary file), from the segment log in `state_dir`. Changes nothing.
+/// The segment log of an archive named `name` (or `<name>.partial`) whose remote file has
+/// no final name yet, if `state_dir` records one.
+pub fn unfinished_log(
+    config: &opskit_core::config::Config,
+    state_dir: &Path,
+    file: &Path,
+) -> Option<SegmentLog> {
+    let name = file.file_name()?.to_str()?;
+    let name = name.strip_suffix(".partial").unwrap_or(name);
+    let dir = state_dir.join("archive");
+    std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".segments.json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<SegmentLog>(&t).ok())
+        .filter(|l| l.file == name && !l.segments.is_empty())
+        .find(|l| {
+            ArchiveJob::new(config, Some(l.identity.bounds.month), state_dir)
+                .map(|j| !j.with_pass(l.identity.pass).uploaded_marker().exists())
+                .unwrap_or(false)
+        })
+}
+
+/// `archive verify --file <name>[.partial] [--remote]` of an archive whose remote file has no
+/// final name yet: checks its verified segments in the local file (and, with `remote`, in the
+/// remote temporary file), from the segment log in `state_dir`. Changes nothing.
 pub fn verify_unfinished(
     config: &opskit_core::config::Config,
     state_dir: &Path,
     file: &Path,
     remote: bool,
 ) -> anyhow::Result<UnfinishedCheck> {
-    let name = file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".partial"))
-        .ok_or_else(|| {
-            anyhow!(
-                "{} is not an unfinished archive (<name>.partial)",
-                file.display()
-            )
-        })?;
-    let dir = state_dir.join("archive");
-    let log = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".segments.json"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_json::from_str::<SegmentLog>(&t).ok())
-        .find(|l| l.file == name && !l.finished)
-        .ok_or_else(|| {
-            anyhow!(
-                "no unfinished segmented run of {name} is recorded in {} (is --state-dir right?)",
-                dir.display()
-            )
-        })?;
+    let log = unfinished_log(config, state_dir, file).ok_or_else(|| {
+        anyhow!(
+            "no unfinished segmented run of {} is recorded in {} (is --state-dir right?)",
+            file.display(),
+            state_dir.join("archive").display()
+        )
+    })?;
     let mut f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     for s in &log.segments {

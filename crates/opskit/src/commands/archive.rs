@@ -184,7 +184,9 @@ fn run_months(app: &App, r: RunArgs) -> Result<ExitStatus, OpsError> {
 
 fn verify(app: &App, v: VerifyArgs) -> Result<ExitStatus, OpsError> {
     opskit_archive::preflight::check_utf8_path("--file", &v.file)?;
-    if v.file.to_string_lossy().ends_with(".partial") {
+    if v.file.to_string_lossy().ends_with(".partial")
+        || opskit_archive::segment::unfinished_log(&app.config, &app.state_dir(), &v.file).is_some()
+    {
         return verify_unfinished(app, &v);
     }
     let (manifest, check) = opskit_archive::restore::verify_file(&v.file)
@@ -218,7 +220,8 @@ fn verify(app: &App, v: VerifyArgs) -> Result<ExitStatus, OpsError> {
     Ok(ExitStatus::Success)
 }
 
-/// `verify --file <name>.partial`: the verified segments of an unfinished segmented archive.
+/// `verify --file` of an archive whose remote file has no final name yet (a segmented run
+/// that stopped): the verified segments.
 fn verify_unfinished(app: &App, v: &VerifyArgs) -> Result<ExitStatus, OpsError> {
     let check = opskit_archive::segment::verify_unfinished(
         &app.config,
