@@ -257,7 +257,7 @@ pub fn export_segmented(
     }
     cx.gauge("upload_seconds", upload_stats.write_secs);
     cx.gauge("verify_seconds", upload_stats.verify_secs);
-    cx.gauge("archive_segments", log.segments.len() as f64);
+    cx.gauge("segments", log.segments.len() as f64);
     let (m, export_error) = match exported {
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e)),

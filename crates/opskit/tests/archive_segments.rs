@@ -95,7 +95,7 @@ fn segmented_run_archives_the_month_segment_by_segment(backend: Backend) {
         m,
         "the manifest on the backup host is the local one"
     );
-    assert_eq!(rig.metric("archive_segments"), Some(3.0));
+    assert_eq!(rig.metric("segments"), Some(3.0));
     assert_eq!(rig.metric("documents_deleted"), Some(ROWS as f64));
     assert!(rig.alerts().is_empty(), "{:?}", rig.alerts());
     let v = rig.archive(&[

@@ -347,6 +347,8 @@ fn run_every_metric_writer(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
     config.nginx.api_burst = 1;
     config.general.metrics_dir = metrics.to_string_lossy().parse().unwrap();
     config.alert.webhook_url = None;
+    // The month (~100 rows) in segments of 40, so the segmented pipeline writes its metrics.
+    config.archive.segment_docs = opskit_core::config::value::Positive::new(40);
     let toml = dir.join("opskit.toml");
     std::fs::write(&toml, config.to_toml()).unwrap();
 
