@@ -11,7 +11,7 @@ mod archive_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use archive_support::sources::{Backend, SourceRig};
+use archive_support::sources::{Backend, SourceRig, on_both_sources};
 use archive_support::{FILE, MONTH, stderr, stdout};
 use opskit_core::config::value::Positive;
 use opskit_lab::Component;
@@ -245,19 +245,6 @@ fn corrupted_remote_segment_is_caught_before_its_documents_are_deleted(backend: 
         SEGMENT,
         "the main file is closed with the one verified segment"
     );
-}
-
-macro_rules! on_both_sources {
-    ($($scenario:ident),* $(,)?) => {
-        /// On the lab's MariaDB.
-        mod mysql {
-            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mysql) } )*
-        }
-        /// On the lab's MongoDB-compatible server (SecantusDB, not MongoDB).
-        mod mongodb_secantusdb {
-            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mongodb) } )*
-        }
-    };
 }
 
 on_both_sources!(

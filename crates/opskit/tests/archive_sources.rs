@@ -13,7 +13,7 @@ mod archive_support;
 
 use std::time::Duration;
 
-use archive_support::sources::{Backend, SourceRig};
+use archive_support::sources::{Backend, SourceRig, on_both_sources};
 use archive_support::{FILE, MONTH, stderr, stdout};
 use opskit_core::config::value::Positive;
 use opskit_lab::Component;
@@ -183,19 +183,6 @@ fn backup_host_down_after_the_upload_then_rerun_reuses_the_archive(backend: Back
     let late = rig.archive(&["run"]);
     assert_eq!(late.status.code(), Some(0), "{}", stderr(&late));
     assert!(rig.january_ids().is_empty());
-}
-
-macro_rules! on_both_sources {
-    ($($scenario:ident),* $(,)?) => {
-        /// On the lab's MariaDB.
-        mod mysql {
-            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mysql) } )*
-        }
-        /// On the lab's MongoDB-compatible server (SecantusDB, not MongoDB).
-        mod mongodb_secantusdb {
-            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mongodb) } )*
-        }
-    };
 }
 
 on_both_sources!(

@@ -321,3 +321,21 @@ impl SourceRig {
         );
     }
 }
+
+/// One `#[test]` per scenario and source: `scenario(Backend)` runs on the lab's MariaDB and on
+/// its MongoDB-compatible server (the calling file imports `Backend`).
+#[allow(unused_macros)] // not every test file that shares this module runs on both sources
+macro_rules! on_both_sources {
+    ($($scenario:ident),* $(,)?) => {
+        /// On the lab's MariaDB.
+        mod mysql {
+            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mysql) } )*
+        }
+        /// On the lab's MongoDB-compatible server (SecantusDB, not MongoDB).
+        mod mongodb_secantusdb {
+            $( #[test] fn $scenario() { super::$scenario(super::Backend::Mongodb) } )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_sources;
