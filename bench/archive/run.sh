@@ -17,7 +17,8 @@
 # end it compares the compression stage with `pigz -p 2 -6` on the same raw bytes (when the
 # compress_stage example is built). Everything runs on loopback; the lab is torn down at the end.
 # Optional knobs: PURGE_BATCH, PURGE_CONNECTIONS (archive.purge.*), SEGMENT_DOCS,
-# COMPRESSION_LEVEL (archive.*), FINGERPRINTS=true|false (archive.purge.fingerprints), SKIP_OTHERS=1 (opskit and the floor only). Every tool's CPU
+# COMPRESSION_LEVEL (archive.*), FINGERPRINTS=true|false (archive.purge.fingerprints),
+# DELETE_RETURNING=true|false (archive.purge.delete_returning), SKIP_OTHERS=1 (opskit and the floor only). Every tool's CPU
 # seconds (its own and mariadbd's) are logged beside its wall time.
 set -euo pipefail
 
@@ -46,6 +47,7 @@ cleanup() {
 trap cleanup EXIT
 [[ -n ${SEGMENT_DOCS:-} ]] && sed -i "s/^segment_docs = .*/segment_docs = $SEGMENT_DOCS/" "$LAB/opskit.toml"
 [[ -n ${FINGERPRINTS:-} ]] && sed -i "s/^fingerprints = .*/fingerprints = $FINGERPRINTS/" "$LAB/opskit.toml"
+[[ -n ${DELETE_RETURNING:-} ]] && sed -i "s/^delete_returning = .*/delete_returning = $DELETE_RETURNING/" "$LAB/opskit.toml"
 [[ -n ${COMPRESSION_LEVEL:-} ]] && sed -i "s/^compression_level = .*/compression_level = $COMPRESSION_LEVEL/" "$LAB/opskit.toml"
 [[ -n ${PURGE_BATCH:-} ]] && sed -i "s/^batch_size = .*/batch_size = $PURGE_BATCH/" "$LAB/opskit.toml"
 [[ -n ${PURGE_CONNECTIONS:-} ]] && sed -i "/^\[archive.purge\]/a connections = $PURGE_CONNECTIONS" "$LAB/opskit.toml" && sed -i '0,/^connections = 2$/{/^connections = 2$/d}' "$LAB/opskit.toml"

@@ -267,7 +267,11 @@ impl ExportStep {
         let mut s = self.source.get().map_err(refused)?;
         s.ping()
             .map_err(|e| refused(e.context("the source does not answer")))?;
-        let stats = s.range_stats(&job.bounds).map_err(refused)?;
+        // A month that will be segmented gets the server's estimate, not a count: counting
+        // would read the whole month once more before the run begins (the plan counts).
+        let stats = s
+            .range_stats_quick(&job.bounds, job.config.segment_docs.get())
+            .map_err(refused)?;
         if stats.index.is_none() {
             tracing::warn!(
                 "no index on {}: the export and the anomaly scan read the whole collection",
@@ -291,7 +295,14 @@ impl ExportStep {
         }
         crate::preflight::check_connections(job, &self.source).map_err(refused)?;
         crate::preflight::check_replicas(&self.source).map_err(refused)?;
-        cx.record("expected_count", stats.count);
+        cx.record(
+            if stats.estimated {
+                "estimated_count"
+            } else {
+                "expected_count"
+            },
+            stats.count,
+        );
         self.expected = Some(stats.count);
         Ok(stats)
     }
@@ -301,12 +312,21 @@ impl ExportStep {
         let job = &self.job;
         tracing::info!(
             count = stats.count,
+            estimated = stats.estimated,
             index = stats.index.as_deref().unwrap_or("none"),
-            "{} ≤ {} < {} ({})",
+            "{} ≤ {} < {} ({}){}",
             job.bounds.lower,
             job.config.date_field,
             job.bounds.upper,
-            job.bounds.zone
+            job.bounds.zone,
+            if stats.estimated {
+                format!(
+                    ": about {} documents (the server's estimate; `archive plan` counts them)",
+                    stats.count
+                )
+            } else {
+                format!(": {} documents", stats.count)
+            }
         );
     }
 

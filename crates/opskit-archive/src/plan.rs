@@ -204,6 +204,24 @@ pub fn build_plan(job: &ArchiveJob, source: &SharedSource, observed: Option<&Obs
             host = c.sftp.host
         ),
     );
+    if c.source_uri.starts_with("mysql://") {
+        plan.fact(
+            "segment delete",
+            if c.purge.delete_returning {
+                format!(
+                    "on MariaDB (10.0.5 or later, when the server's plan uses the date index) each segment is read by the statement that deletes it, \
+                     in its own transaction: START TRANSACTION; DELETE FROM {t} WHERE <the month> AND (<date>, <key>) after the previous segment \
+                     ORDER BY <date>, <key> LIMIT <segment size> RETURNING *; COMMIT only once the segment is verified on {host}. Two sessions work at once \
+                     (from the 1st, and from the 16th 00:00). Any failure before a COMMIT rolls that segment back; \
+                     elsewhere (MySQL) the segment is exported, then purged as below (archive.purge.delete_returning = false forces that)",
+                    t = format_args!("{}.{}", quote_ident(c.database.as_str()), quote_ident(c.collection.as_str())),
+                    host = c.sftp.host
+                )
+            } else {
+                "archive.purge.delete_returning = false: each segment is exported, then purged as below".to_string()
+            },
+        );
+    }
     if let Some(r) = replicas_fact(job) {
         plan.fact("replicas", r);
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{BatchSizer, Change};
 use crate::job::{ArchiveJob, SharedSource};
-use crate::source::{ArchivedDoc, DeleteOutcome, DeleteTimedOut};
+use crate::source::{ArchivedDoc, DeleteOutcome, DeleteTimedOut, PendingDelete};
 use crate::staged::{ArchiveManifest, documents_of, sha256_open};
 use crate::testhook::{panic_point, pause_point};
 
@@ -391,6 +391,72 @@ impl<'a> Purger<'a> {
         for doc in docs {
             self.push(doc);
         }
+        Ok(())
+    }
+
+    /// Commits the source's delete of the documents at file positions `first + 1 ..`
+    /// ([`crate::source::Source::export_deleting`]), as one batch: after the same stop,
+    /// test and replica-lag checks as a batch, and checkpointed the same way. A stop or a
+    /// failure before the commit drops `delete`, which rolls it back.
+    pub fn commit_segment(
+        &mut self,
+        first: u64,
+        delete: Box<dyn PendingDelete>,
+    ) -> anyhow::Result<()> {
+        if first != self.queued {
+            bail!(
+                "internal: documents from position {} committed after position {}",
+                first + 1,
+                self.queued
+            );
+        }
+        let n = delete.docs();
+        self.queued += n;
+        let (job, ck_total) = (self.job, self.total);
+        let number = self.ck.batches + 1;
+        let ck = &self.ck;
+        opskit_core::interrupt::check(
+            || {
+                format!(
+                    "before committing the delete of segment batch {number}: {} of {ck_total} documents done ({} deleted)",
+                    ck.sent, ck.deleted
+                )
+            },
+            || {
+                format!(
+                    "the uncommitted delete is rolled back: run `opskit archive run --month {}` again",
+                    job.bounds.month
+                )
+            },
+        )?;
+        pause_point("purge", "batch", number);
+        panic_point("purge", "batch", number);
+        if let Err(e) = wait_for_lag(
+            job,
+            self.source,
+            &mut self.progress,
+            &mut self.stats.paused_secs,
+        ) {
+            return Err(e.context(format!(
+                "the purge stopped before committing batch {number}: {} of {ck_total} documents done ({} deleted), nothing lost; \
+                 run `opskit archive run --month {}` again to resume",
+                self.ck.sent, self.ck.deleted, job.bounds.month
+            )));
+        }
+        delete
+            .commit()
+            .with_context(|| format!("committing batch {number} ({n} documents)"))?;
+        pause_point("purge", "deleted", number);
+        let ck = &mut self.ck;
+        ck.sent += n;
+        ck.deleted += n;
+        ck.batches += 1;
+        ck.save(&self.ck_path)?;
+        self.stats.now.deleted += n;
+        self.stats.batch_size = n as usize;
+        self.progress.inc(n);
+        self.smallest = self.smallest.min(n as usize);
+        self.largest = self.largest.max(n as usize);
         Ok(())
     }
 

@@ -37,10 +37,10 @@ use sha2::{Digest, Sha256};
 
 use crate::job::{ArchiveJob, SharedSource};
 use crate::purge::{PurgeCheckpoint, PurgeStats, Purger};
-use crate::source::{ArchivedDoc, Record, RecordSink};
+use crate::source::{ArchivedDoc, DeletingSink, PendingDelete, Record, RecordSink};
 use crate::staged::{ArchiveIdentity, ArchiveManifest, SegmentEntry, partial_path};
 use crate::testhook::pause_point;
-use crate::writer::{ArchiveWriter, Contents};
+use crate::writer::{ArchiveWriter, Contents, SegmentBytes};
 
 /// The first segment's size (when `archive.segment_docs` is larger): the purge can begin
 /// once it is verified; the next segments double up to `segment_docs`.
@@ -131,8 +131,15 @@ impl SegmentLog {
 
 /// A segment on its way from the export to the purge.
 struct Segment {
+    /// Its entry; offset, length and sha256 come from `bytes`.
     entry: SegmentEntry,
+    /// Where the writer put the segment, once it is on disk.
+    bytes: Receiver<SegmentBytes>,
+    /// Its documents, for the purge; empty when the source deleted them as it read them.
     docs: Vec<ArchivedDoc>,
+    /// The source's uncommitted delete of the segment, when it deletes as it reads
+    /// ([`crate::source::Source::export_deleting`]): the purger commits it.
+    delete: Option<Box<dyn PendingDelete>>,
 }
 
 /// What the uploader did.
@@ -190,6 +197,21 @@ pub fn export_segmented(
         cut_short: false,
     };
     log.save(job)?;
+    let deleting = {
+        let mut s = source.get()?;
+        match s.export_deleting_refused(&job.bounds)? {
+            None => {
+                tracing::info!(
+                    "each segment is read by the DELETE that removes it, committed only once the segment is verified on the backup host"
+                );
+                true
+            }
+            Some(why) => {
+                tracing::debug!("segments are exported, then purged: {why}");
+                false
+            }
+        }
+    };
     let purge_source = SharedSource::new(job);
     let export_progress = cx.progress("export", expected, "docs");
     let purge_progress = cx.progress("purge", expected, "docs");
@@ -208,6 +230,8 @@ pub fn export_segmented(
             writer: &mut w,
             up_tx: Some(up_tx),
             docs: Vec::new(),
+            deleting,
+            in_segment: 0,
             stats: SegmentStats::default(),
             cut: Vec::new(),
             index: 0,
@@ -219,7 +243,13 @@ pub fn export_segmented(
         };
         let exported = source
             .get()
-            .and_then(|mut s| s.export(&job.bounds, &mut sink))
+            .and_then(|mut s| {
+                if deleting {
+                    s.export_deleting(&job.bounds, &mut sink)
+                } else {
+                    s.export(&job.bounds, &mut sink)
+                }
+            })
             .and_then(|()| sink.cut_last());
         // No more segments: the uploader ends after the queued ones, then the purger.
         sink.up_tx.take();
@@ -327,6 +357,11 @@ struct SegmentSink<'w> {
     writer: &'w mut ArchiveWriter,
     up_tx: Option<SyncSender<Segment>>,
     docs: Vec<ArchivedDoc>,
+    /// The source deletes as it reads and says where each segment ends: documents are not
+    /// kept for the purge.
+    deleting: bool,
+    /// Documents in the current segment.
+    in_segment: u64,
     stats: SegmentStats,
     /// The segments handed to the uploader so far.
     cut: Vec<SegmentEntry>,
@@ -372,6 +407,14 @@ impl RecordSink for SegmentSink<'_> {
         if s.max_date.as_deref().is_none_or(|m| record.date > m) {
             s.max_date = Some(record.date.to_string());
         }
+        self.in_segment += 1;
+        if let Some(p) = self.progress.as_mut() {
+            p.inc(1);
+        }
+        if self.deleting {
+            // The source ends the segment, with its delete.
+            return Ok(());
+        }
         // A document the server fingerprinted is purged by that fingerprint: its bytes stay
         // only in the file (without them, a fallback compare could only keep the row).
         let raw = match record.fingerprint {
@@ -384,32 +427,52 @@ impl RecordSink for SegmentSink<'_> {
             raw,
             fingerprint: record.fingerprint,
         });
-        if let Some(p) = self.progress.as_mut() {
-            p.inc(1);
-        }
         if self.docs.len() >= self.segment_docs {
-            self.cut()?;
+            self.cut(None)?;
         }
         Ok(())
     }
 }
 
+impl DeletingSink for SegmentSink<'_> {
+    fn next_segment_docs(&self) -> usize {
+        self.segment_docs
+    }
+
+    fn max_segment_docs(&self) -> usize {
+        self.max_segment_docs
+    }
+
+    fn end_segment(&mut self, delete: Box<dyn PendingDelete>) -> anyhow::Result<()> {
+        if delete.docs() != self.in_segment {
+            bail!(
+                "internal: the source deleted {} documents for a segment of {}",
+                delete.docs(),
+                self.in_segment
+            );
+        }
+        self.cut(Some(delete))
+    }
+}
+
 impl SegmentSink<'_> {
-    /// Ends the current segment and hands it to the uploader.
-    fn cut(&mut self) -> anyhow::Result<()> {
+    /// Ends the current segment and hands it to the uploader, with the source's delete of
+    /// its documents when it deletes as it reads.
+    fn cut(&mut self, delete: Option<Box<dyn PendingDelete>>) -> anyhow::Result<()> {
         let index = self.index + 1;
         pause_point("export", "segment", index as u64);
+        // The next segment is read while the writer finishes this one.
         let bytes = self.writer.end_segment()?;
         let docs = std::mem::take(&mut self.docs);
         let s = std::mem::take(&mut self.stats);
         let entry = SegmentEntry {
             index,
             first_doc: self.first_doc,
-            docs: docs.len() as u64,
+            docs: std::mem::take(&mut self.in_segment),
             raw_bytes: s.raw_bytes,
-            offset: bytes.offset,
-            len: bytes.len,
-            sha256: bytes.sha256,
+            offset: 0,
+            len: 0,
+            sha256: String::new(),
             min_date: s.min_date,
             max_date: s.max_date,
             first_id: s.first_id.map(|b| b.into_relaxed_extjson()),
@@ -419,10 +482,15 @@ impl SegmentSink<'_> {
         self.first_doc += entry.docs;
         self.cut.push(entry.clone());
         self.segment_docs = (self.segment_docs * 2).min(self.max_segment_docs);
-        let sent = self
-            .up_tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(Segment { entry, docs }).is_ok());
+        let sent = self.up_tx.as_ref().is_some_and(|tx| {
+            tx.send(Segment {
+                entry,
+                bytes,
+                docs,
+                delete,
+            })
+            .is_ok()
+        });
         if !sent {
             return Err(PipelineStopped.into());
         }
@@ -431,8 +499,14 @@ impl SegmentSink<'_> {
 
     /// Ends the last segment (also the only, empty one of an empty export).
     fn cut_last(&mut self) -> anyhow::Result<()> {
-        if !self.docs.is_empty() || self.index == 0 {
-            self.cut()?;
+        if self.deleting && self.in_segment > 0 {
+            bail!(
+                "internal: the source read {} documents after its last segment",
+                self.in_segment
+            );
+        }
+        if self.in_segment > 0 || self.index == 0 {
+            self.cut(None)?;
         }
         Ok(())
     }
@@ -455,7 +529,15 @@ fn upload_segments(
         let mut local =
             File::open(partial).with_context(|| format!("opening {}", partial.display()))?;
         let result = (|| {
-            for seg in rx {
+            for mut seg in rx {
+                let Ok(b) = seg.bytes.recv() else {
+                    // The export's error says why.
+                    bail!(
+                        "the archive writer stopped before segment {} was on disk",
+                        seg.entry.index
+                    );
+                };
+                (seg.entry.offset, seg.entry.len, seg.entry.sha256) = (b.offset, b.len, b.sha256);
                 let e = &seg.entry;
                 let t =
                     remote.append(&mut local, e.index, e.offset, e.len, &e.sha256, &mut |_| {})?;
@@ -510,6 +592,10 @@ fn purge_segments(
     };
     let r = (|| {
         for seg in rx {
+            if let Some(delete) = seg.delete {
+                purger.commit_segment(seg.entry.first_doc, delete)?;
+                continue;
+            }
             purger.push_from(seg.entry.first_doc, seg.docs)?;
             // A verified segment is purged at once, its last batch shorter if need be:
             // waiting for the next segment to fill a batch would only leave work for the end.

@@ -320,13 +320,14 @@ pub fn count_documents(path: &Path) -> anyhow::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rawbson::DocumentWriter;
     use crate::source::{Record, RecordSink};
     use bson::Bson;
 
-    fn identity() -> ArchiveIdentity {
+    /// The identity of a test archive of January 2024.
+    pub(crate) fn identity() -> ArchiveIdentity {
         ArchiveIdentity {
             source: "mysql://root@127.0.0.1:3306/".into(),
             database: "test".into(),

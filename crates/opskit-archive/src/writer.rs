@@ -45,6 +45,8 @@ impl<W: Write> Write for HashingWriter<W> {
 struct Compressed {
     sha256: String,
     bytes: u64,
+    /// Every segment ended, in order.
+    segments: Vec<SegmentBytes>,
 }
 
 /// Where one segment lies in the local file, and its sha256.
@@ -201,11 +203,12 @@ impl ArchiveWriter {
         }
     }
 
-    /// Ends the current segment: every document accepted so far is compressed, written and
-    /// fsynced; returns where the segment's bytes lie (from the end of the previous segment)
-    /// and their sha256. An empty file gets the empty gzip member first, so a segment is never
-    /// zero bytes.
-    pub fn end_segment(&mut self) -> anyhow::Result<SegmentBytes> {
+    /// Ends the current segment without waiting for it: once every document accepted so far
+    /// is compressed, written and fsynced, the returned channel gets where the segment's bytes
+    /// lie (from the end of the previous segment) and their sha256; the channel closes
+    /// without an answer if writing fails. An empty file gets the empty gzip member first, so
+    /// a segment is never zero bytes.
+    pub fn end_segment(&mut self) -> anyhow::Result<Receiver<SegmentBytes>> {
         if !self.buf.is_empty() {
             self.send_chunk()?;
         }
@@ -217,12 +220,12 @@ impl ArchiveWriter {
             })
             .is_ok()
         });
-        match answer.recv() {
-            Ok(seg) if asked => Ok(seg),
-            _ => Err(self.join_worker().err().unwrap_or_else(|| {
+        if !asked {
+            return Err(self.join_worker().err().unwrap_or_else(|| {
                 anyhow::anyhow!("the archive writer thread stopped unexpectedly")
-            })),
+            }));
         }
+        Ok(answer)
     }
 
     /// Stops writing and keeps `<path>.partial` as it is on disk (every ended segment is
@@ -234,7 +237,8 @@ impl ArchiveWriter {
         self.partial.clone()
     }
 
-    /// Like [`ArchiveWriter::finish`], with the segments the manifest lists.
+    /// Like [`ArchiveWriter::finish`], with the segments the manifest lists (their offset,
+    /// length and sha256 are filled in from what the writer thread wrote).
     pub fn finish_segments(
         mut self,
         segments: Vec<crate::staged::SegmentEntry>,
@@ -250,6 +254,20 @@ impl ArchiveWriter {
             self.send_chunk()?;
         }
         let compressed = self.join_worker()?;
+        if !self.segments.is_empty() {
+            if self.segments.len() != compressed.segments.len() {
+                bail!(
+                    "internal: {} segments ended but {} written",
+                    self.segments.len(),
+                    compressed.segments.len()
+                );
+            }
+            for (entry, bytes) in self.segments.iter_mut().zip(&compressed.segments) {
+                entry.offset = bytes.offset;
+                entry.len = bytes.len;
+                entry.sha256 = bytes.sha256.clone();
+            }
+        }
         if FileIdentity::of_path(&self.partial) != Some(self.partial_id) {
             bail!(
                 "{} was replaced while the export wrote it; not using it",
@@ -391,6 +409,7 @@ fn write_members(rx: Receiver<ToWriter>, file: File, name: &str) -> anyhow::Resu
     let mut ends: Vec<(u64, SyncSender<SegmentBytes>)> = Vec::new();
     let mut segment = Sha256::new();
     let mut segment_start = 0u64;
+    let mut segments = Vec::new();
     let mut next = 0u64;
     for msg in rx {
         match msg {
@@ -399,32 +418,38 @@ fn write_members(rx: Receiver<ToWriter>, file: File, name: &str) -> anyhow::Resu
             }
             ToWriter::SegmentEnd { after, reply } => ends.push((after, reply)),
         }
-        while let Some(member) = pending.remove(&next) {
+        // Members in order; each segment end is answered exactly once every member before
+        // it is written (several ends may be pending: the export does not wait for them).
+        loop {
+            while let Some(i) = ends.iter().position(|(after, _)| *after == next) {
+                let (_, reply) = ends.swap_remove(i);
+                if out.bytes == 0 {
+                    let empty = empty_member();
+                    out.write_all(&empty)
+                        .with_context(|| format!("writing {name}"))?;
+                    segment.update(&empty);
+                }
+                out.flush().with_context(|| format!("writing {name}"))?;
+                out.inner
+                    .get_ref()
+                    .sync_data()
+                    .with_context(|| format!("fsync of {name}"))?;
+                let bytes = SegmentBytes {
+                    offset: segment_start,
+                    len: out.bytes - segment_start,
+                    sha256: hex::encode(segment.finalize_reset()),
+                };
+                segment_start = out.bytes;
+                segments.push(bytes.clone());
+                let _ = reply.send(bytes);
+            }
+            let Some(member) = pending.remove(&next) else {
+                break;
+            };
             out.write_all(&member)
                 .with_context(|| format!("writing {name}"))?;
             segment.update(&member);
             next += 1;
-        }
-        while let Some(i) = ends.iter().position(|(after, _)| *after == next) {
-            let (_, reply) = ends.swap_remove(i);
-            if out.bytes == 0 {
-                let empty = empty_member();
-                out.write_all(&empty)
-                    .with_context(|| format!("writing {name}"))?;
-                segment.update(&empty);
-            }
-            out.flush().with_context(|| format!("writing {name}"))?;
-            out.inner
-                .get_ref()
-                .sync_data()
-                .with_context(|| format!("fsync of {name}"))?;
-            let bytes = SegmentBytes {
-                offset: segment_start,
-                len: out.bytes - segment_start,
-                sha256: hex::encode(segment.finalize_reset()),
-            };
-            segment_start = out.bytes;
-            let _ = reply.send(bytes);
         }
     }
     if !pending.is_empty() {
@@ -449,6 +474,7 @@ fn write_members(rx: Receiver<ToWriter>, file: File, name: &str) -> anyhow::Resu
     Ok(Compressed {
         sha256: hex::encode(hasher.finalize()),
         bytes,
+        segments,
     })
 }
 
@@ -505,5 +531,92 @@ impl ArchiveManifest {
             opskit_version: env!("CARGO_PKG_VERSION").into(),
             segments,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::rawbson::DocumentWriter;
+    use crate::staged::SegmentEntry;
+
+    /// Documents in a stretch of concatenated BSON.
+    fn count_docs(mut raw: &[u8]) -> u64 {
+        let mut n = 0;
+        while raw.len() >= 4 {
+            let len = u32::from_le_bytes(raw[..4].try_into().unwrap()) as usize;
+            raw = &raw[len..];
+            n += 1;
+        }
+        n
+    }
+
+    /// Segments ended one after the other without waiting for the writer (as a segmented
+    /// export does) each get their own bytes: contiguous, hashed apart, and holding exactly
+    /// their documents, also when several chunks of later segments are written first.
+    #[test]
+    fn segments_ended_without_waiting_keep_their_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bson.gz");
+        let mut w = ArchiveWriter::create(&path, 1, 2, crate::staged::tests::identity()).unwrap();
+        let mut doc = DocumentWriter::default();
+        let sizes = [12_000u64, 7, 30_000, 1, 5_000];
+        let mut answers = Vec::new();
+        let mut id = 0i64;
+        for n in sizes {
+            for _ in 0..n {
+                doc.begin();
+                doc.int64("id", id);
+                doc.string("msg", &format!("{id:0>150}"));
+                let key = Bson::Int64(id);
+                w.accept(Record {
+                    id: &key,
+                    date: "2024-01-01 00:00:00",
+                    raw: doc.finish(),
+                    fingerprint: None,
+                })
+                .unwrap();
+                id += 1;
+            }
+            answers.push(w.end_segment().unwrap());
+        }
+        let bytes: Vec<SegmentBytes> = answers.iter().map(|a| a.recv().unwrap()).collect();
+        let entries = bytes
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(i, (_, docs))| SegmentEntry {
+                index: i as u32 + 1,
+                first_doc: 0,
+                docs,
+                raw_bytes: 0,
+                offset: 0,
+                len: 0,
+                sha256: String::new(),
+                min_date: None,
+                max_date: None,
+                first_id: None,
+                last_id: None,
+            })
+            .collect();
+        let m = w.finish_segments(entries).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let mut at = 0;
+        for ((b, entry), docs) in bytes.iter().zip(&m.segments).zip(sizes) {
+            assert_eq!(b.offset, at, "segments are contiguous");
+            assert_eq!((entry.offset, entry.len), (b.offset, b.len));
+            assert_eq!(entry.sha256, b.sha256);
+            let slice = &file[b.offset as usize..(b.offset + b.len) as usize];
+            assert_eq!(hex::encode(Sha256::digest(slice)), b.sha256);
+            let mut raw = Vec::new();
+            flate2::read::MultiGzDecoder::new(slice)
+                .read_to_end(&mut raw)
+                .unwrap();
+            assert_eq!(count_docs(&raw), docs);
+            at += b.len;
+        }
+        assert_eq!(at, file.len() as u64);
     }
 }

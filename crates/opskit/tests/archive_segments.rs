@@ -5,9 +5,14 @@
 //! segment corrupted after its upload. After each, the re-run completes the month: every
 //! January document is in exactly one archive file (the main one, or the late pass that
 //! archives what the interrupted run had not verified), none is left in the source.
+//!
+//! On MariaDB the segments are read by the `DELETE … RETURNING` that removes them, committed
+//! once verified (`archive.purge.delete_returning`, the default); every scenario also runs
+//! with it turned off (`mysql_export_then_purge`): export, then purge by fingerprint.
 
 mod archive_support;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -21,10 +26,31 @@ const SEGMENT: u64 = 100;
 const BATCH: u64 = 50;
 const LATE1: &str = "test.user_logs.2024-01.late1.bson.gz";
 
+thread_local! {
+    /// This test turns `archive.purge.delete_returning` off (each test has its own thread).
+    static EXPORT_THEN_PURGE: Cell<bool> = const { Cell::new(false) };
+}
+
 fn rig(backend: Backend) -> SourceRig {
     SourceRig::new(backend, ROWS, BATCH, |c| {
         c.archive.segment_docs = Positive::new(SEGMENT);
+        c.archive.purge.delete_returning = !EXPORT_THEN_PURGE.get();
     })
+}
+
+/// The source reads each segment by deleting it (so its purge is one commit per segment).
+fn deletes_as_it_reads(backend: Backend) -> bool {
+    backend == Backend::Mysql && !EXPORT_THEN_PURGE.get()
+}
+
+/// Documents the first purge batch deletes: a whole segment when the source deletes as it
+/// reads, else one batch.
+fn first_batch(backend: Backend) -> u64 {
+    if deletes_as_it_reads(backend) {
+        SEGMENT
+    } else {
+        BATCH
+    }
 }
 
 /// The January ids in every final archive file on the backup host; a document in two files
@@ -79,13 +105,25 @@ fn segmented_run_archives_the_month_segment_by_segment(backend: Backend) {
     );
     let out = rig.run();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).contains("read by the DELETE that removes it"),
+        deletes_as_it_reads(backend),
+        "{}",
+        stderr(&out)
+    );
     rig.assert_month_archived();
     let m = manifest(&rig.local_file());
-    assert_eq!(m.segments.len(), 3, "{m:?}");
-    assert_eq!(
-        m.segments.iter().map(|s| s.docs).collect::<Vec<_>>(),
-        [SEGMENT; 3]
-    );
+    let sizes: Vec<u64> = m.segments.iter().map(|s| s.docs).collect();
+    if deletes_as_it_reads(backend) {
+        // Two lanes (from the 1st and from the 16th) and the row at their split, last.
+        assert!(
+            sizes.len() > 3 && sizes.iter().all(|&n| n <= SEGMENT) && sizes.last() == Some(&1),
+            "{sizes:?}"
+        );
+        assert_eq!(sizes.iter().sum::<u64>(), ROWS);
+    } else {
+        assert_eq!(sizes, [SEGMENT; 3]);
+    }
     assert_eq!(
         m.segments.iter().map(|s| s.len).sum::<u64>(),
         m.compressed_bytes
@@ -95,7 +133,7 @@ fn segmented_run_archives_the_month_segment_by_segment(backend: Backend) {
         m,
         "the manifest on the backup host is the local one"
     );
-    assert_eq!(rig.metric("segments"), Some(3.0));
+    assert_eq!(rig.metric("segments"), Some(sizes.len() as f64));
     assert_eq!(rig.metric("documents_deleted"), Some(ROWS as f64));
     assert!(rig.alerts().is_empty(), "{:?}", rig.alerts());
     let v = rig.archive(&[
@@ -124,7 +162,11 @@ fn kill_during_a_segment_delete_then_rerun_completes_the_month(backend: Backend)
     let rig = rig(backend);
     rig.run_and_kill_at("purge:deleted=1");
     let left = rig.january_ids();
-    assert_eq!(left.len() as u64, ROWS - BATCH, "one batch was deleted");
+    assert_eq!(
+        left.len() as u64,
+        ROWS - first_batch(backend),
+        "one batch was deleted"
+    );
     let out = rig.run();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_month_complete(&rig);
@@ -133,6 +175,27 @@ fn kill_during_a_segment_delete_then_rerun_completes_the_month(backend: Backend)
         "{}",
         stderr(&out)
     );
+}
+
+/// kill -9 when the first segment is verified but its purge has not begun (when the source
+/// deletes as it reads: its delete is done but not committed): nothing of the month is gone
+/// (the server rolls the killed session's transactions back); the re-run completes it.
+fn kill_before_a_segment_purge_loses_nothing(backend: Backend) {
+    let rig = rig(backend);
+    rig.run_and_kill_at("purge:batch=1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (rig.january_ids().len() as u64) < ROWS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the uncommitted deletes were never rolled back: {} of {ROWS} left",
+            rig.january_ids().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rig.january_ids(), rig.month_ids);
+    let out = rig.run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_month_complete(&rig);
 }
 
 /// kill -9 just before the whole remote file gets its final name: every segment was verified
@@ -247,11 +310,33 @@ fn corrupted_remote_segment_is_caught_before_its_documents_are_deleted(backend: 
     );
 }
 
-on_both_sources!(
-    segmented_run_archives_the_month_segment_by_segment,
-    kill_between_two_segments_then_rerun_completes_the_month,
-    kill_during_a_segment_delete_then_rerun_completes_the_month,
-    kill_during_the_final_rename_then_rerun_completes_the_month,
-    backup_host_lost_after_a_segment_was_deleted_then_rerun_completes,
-    corrupted_remote_segment_is_caught_before_its_documents_are_deleted,
-);
+/// Every scenario, on one source kind.
+macro_rules! scenarios {
+    ($m:ident) => {
+        $m!(
+            segmented_run_archives_the_month_segment_by_segment,
+            kill_between_two_segments_then_rerun_completes_the_month,
+            kill_during_a_segment_delete_then_rerun_completes_the_month,
+            kill_before_a_segment_purge_loses_nothing,
+            kill_during_the_final_rename_then_rerun_completes_the_month,
+            backup_host_lost_after_a_segment_was_deleted_then_rerun_completes,
+            corrupted_remote_segment_is_caught_before_its_documents_are_deleted,
+        );
+    };
+}
+
+scenarios!(on_both_sources);
+
+/// The MySQL scenarios with `archive.purge.delete_returning = false`.
+macro_rules! export_then_purge {
+    ($($scenario:ident),* $(,)?) => {
+        mod mysql_export_then_purge {
+            $( #[test] fn $scenario() {
+                super::EXPORT_THEN_PURGE.set(true);
+                super::$scenario(super::Backend::Mysql)
+            } )*
+        }
+    };
+}
+
+scenarios!(export_then_purge);

@@ -12,6 +12,7 @@ pub mod mongodb;
 
 pub mod mysql;
 
+use anyhow::bail;
 use bson::{Bson, RawDocument, RawDocumentBuf};
 use opskit_core::config::ArchiveConfig;
 use opskit_core::error::usage;
@@ -73,6 +74,9 @@ pub struct RangeStats {
     pub avg_record_bytes: Option<u64>,
     /// The index used for the range (name), or `None` when there is no usable index.
     pub index: Option<String>,
+    /// `count` is the server's estimate, not a count ([`Source::range_stats_quick`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 /// One archived document read back from the verified archive for the purge: its id and its
@@ -211,6 +215,33 @@ pub trait RecordSink {
     fn accept(&mut self, record: Record<'_>) -> anyhow::Result<()>;
 }
 
+/// Receives the records of an export that deletes as it reads
+/// ([`Source::export_deleting`]): the records of one segment, then the segment's end with the
+/// transaction that deleted them, still open.
+pub trait DeletingSink: RecordSink {
+    /// How many documents the next segment should hold.
+    fn next_segment_docs(&self) -> usize;
+
+    /// The most documents a segment may hold (`archive.segment_docs`).
+    fn max_segment_docs(&self) -> usize;
+
+    /// Ends the segment whose records were just accepted. `delete` commits their delete; it
+    /// is committed only once the segment is verified on the backup host, and dropping it
+    /// (any failure) rolls the delete back.
+    fn end_segment(&mut self, delete: Box<dyn PendingDelete>) -> anyhow::Result<()>;
+}
+
+/// The uncommitted delete of one segment's documents, in its own transaction and session.
+/// Dropping it rolls the delete back (the session is closed).
+pub trait PendingDelete: Send {
+    /// How many documents it deleted.
+    fn docs(&self) -> u64;
+
+    /// Commits the delete, within the source's time limit. An error leaves it unknown
+    /// whether the server committed; the re-run's purge tells (deleted or already gone).
+    fn commit(self: Box<Self>) -> anyhow::Result<()>;
+}
+
 /// A source of monthly records.
 pub trait Source: Send {
     /// A description without secrets, for manifests and logs (`mongodb://db1:27017/test.user_logs`).
@@ -224,6 +255,19 @@ pub trait Source: Send {
 
     /// Count and size of the month, through the date index.
     fn range_stats(&mut self, bounds: &MonthBounds) -> anyhow::Result<RangeStats>;
+
+    /// Like [`Source::range_stats`], but a month of more than `exact_up_to` records may get
+    /// the server's estimate instead of a count (`estimated`), when counting would read the
+    /// whole month before the run can begin. A month of at most `exact_up_to` records, and
+    /// whether it has more, is always counted exactly. By default: the exact count.
+    fn range_stats_quick(
+        &mut self,
+        bounds: &MonthBounds,
+        exact_up_to: u64,
+    ) -> anyhow::Result<RangeStats> {
+        let _ = exact_up_to;
+        self.range_stats(bounds)
+    }
 
     /// Records whose date field is missing, of another type or malformed.
     fn anomalies(&mut self) -> anyhow::Result<Anomalies>;
@@ -274,6 +318,26 @@ pub trait Source: Send {
     /// MySQL computes them unless told not to; they cost the server an MD5 of every row.
     fn set_fingerprints(&mut self, on: bool) {
         let _ = on;
+    }
+
+    /// Whether [`Source::export_deleting`] can read `bounds`' month (when `None`), or why not
+    /// (the segmented export then exports, verifies, and purges with
+    /// [`Source::delete_archived`]). By default: not supported.
+    fn export_deleting_refused(&mut self, bounds: &MonthBounds) -> anyhow::Result<Option<String>> {
+        let _ = bounds;
+        Ok(Some("this source cannot delete as it reads".into()))
+    }
+
+    /// Reads the month by deleting it, segment by segment, each in a transaction left open
+    /// and handed to `sink` ([`DeletingSink::end_segment`]): every document read is exactly a
+    /// document deleted, and none is deleted for good before its transaction commits.
+    fn export_deleting(
+        &mut self,
+        bounds: &MonthBounds,
+        sink: &mut dyn DeletingSink,
+    ) -> anyhow::Result<()> {
+        let _ = (bounds, sink);
+        bail!("internal: this source cannot delete as it reads")
     }
 
     /// Inserts archived documents back, keeping documents already present (restore).

@@ -138,6 +138,12 @@ pub struct PurgeConfig {
     /// unchanged, in one statement, instead of locking, reading back and comparing it. Less
     /// client CPU and no row sent back, more server CPU (the hash is computed twice).
     pub fingerprints: bool,
+    /// MariaDB source, segmented months: each segment is read by the `DELETE … RETURNING *`
+    /// that removes it, in a transaction committed only once the segment is verified on the
+    /// backup host (one pass over the rows instead of an export and a delete). Used when the
+    /// server is MariaDB ≥ 10.0.5 and its plan for that `DELETE` uses the date index;
+    /// otherwise (and when false) the export is followed by the purge above.
+    pub delete_returning: bool,
 }
 
 impl Default for PurgeConfig {
@@ -154,6 +160,7 @@ impl Default for PurgeConfig {
             replicas: Vec::new(),
             discover_replicas: false,
             fingerprints: true,
+            delete_returning: true,
         }
     }
 }

@@ -296,6 +296,7 @@ impl Source for MongoSource {
             count,
             avg_record_bytes: avg_obj_size(&stats),
             index: Some(index.name),
+            estimated: false,
         })
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use bson::RawDocument;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Value};
+use mysql_async::{Conn, OptsBuilder, Row, Value};
 use opskit_core::config::ArchiveConfig;
 
 use opskit_core::error::usage;
@@ -29,13 +29,14 @@ use opskit_core::secret::read_secret_file;
 mod delete;
 mod fingerprint;
 mod lag;
+mod returning;
 mod row;
 
 pub use self::fingerprint::fingerprint_expr;
 use self::row::{bson_to_mysql, encode_row};
 use super::{
-    Anomalies, ArchivedDoc, DeleteOutcome, FreeSessions, PASSWORD_KEY, RangeStats, Record,
-    RecordSink, ReplicaLag, Source,
+    Anomalies, ArchivedDoc, DeleteOutcome, DeletingSink, FreeSessions, PASSWORD_KEY, RangeStats,
+    Record, RecordSink, ReplicaLag, Source,
 };
 use crate::bounds::MonthBounds;
 use crate::rawbson::DocumentWriter;
@@ -88,6 +89,12 @@ pub struct MysqlSource {
     fingerprints: bool,
     /// Discovery ran.
     discovered: bool,
+    /// `archive.purge.delete_returning` ([`returning`]).
+    delete_returning: bool,
+    /// `archive.segment_docs`: the segment size whose `DELETE` plan is checked.
+    segment_docs: usize,
+    /// Sessions of committed segment transactions, for the next segments.
+    returning_pool: returning::SessionPool,
 }
 
 /// Quotes an identifier with backticks.
@@ -122,6 +129,8 @@ impl MysqlSource {
             source.replicas.push(r);
         }
         source.discover = config.purge.discover_replicas;
+        source.delete_returning = config.purge.delete_returning;
+        source.segment_docs = config.segment_docs.get() as usize;
         Ok(source)
     }
 
@@ -172,7 +181,15 @@ impl MysqlSource {
             discover: false,
             discovered: false,
             fingerprints: true,
+            delete_returning: true,
+            segment_docs: 20_000,
+            returning_pool: Default::default(),
         })
+    }
+
+    /// Turns the export that deletes as it reads on or off (`archive.purge.delete_returning`).
+    pub fn set_delete_returning(&mut self, on: bool) {
+        self.delete_returning = on;
     }
 
     /// Sets how many sessions share each purge batch (`archive.purge.connections`).
@@ -196,25 +213,12 @@ impl MysqlSource {
     /// A new session, within the source's time limit. Once the date column is known to be a
     /// `TIMESTAMP`, the session gets the writers' zone before anything else runs on it.
     fn connect(&self) -> anyhow::Result<Conn> {
-        let (timeout, server, opts) = (self.timeout, &self.described, self.opts.clone());
-        let zone = self
-            .info
-            .as_ref()
-            .is_some_and(|i| i.date_kind == DateKind::Timestamp)
-            .then(|| self.time_zone.clone());
-        self.rt
-            .block_on(async {
-                tokio::time::timeout(timeout, async move {
-                    let mut c = Conn::new(opts).await?;
-                    if let Some(tz) = zone {
-                        c.exec_drop("SET time_zone = ?", (tz,)).await?;
-                    }
-                    Ok::<Conn, mysql_async::Error>(c)
-                })
-                .await
-            })
-            .map_err(|_| anyhow!("connecting to {server}: no answer within {timeout:?}"))?
-            .with_context(|| format!("connecting to {server}"))
+        self.connect_on(&self.rt)
+    }
+
+    /// [`Self::connect`] on the runtime `rt` (the session is then driven only by it).
+    fn connect_on(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Conn> {
+        self.connector().connect(rt)
     }
 
     /// Runs `f` on the connection (connecting first) with the adapter's timeout.
@@ -565,6 +569,53 @@ impl Source for MysqlSource {
             count: count.unwrap_or(0),
             avg_record_bytes: (sample.count > 0).then(|| sample.bytes / sample.count),
             index: info.index,
+            estimated: false,
+        })
+    }
+
+    /// Counts at most `exact_up_to + 1` rows through the date index; a larger month gets the
+    /// optimizer's row estimate for the range (`EXPLAIN`, index dives: what
+    /// pt-online-schema-change shows its progress against), at least that bounded count.
+    fn range_stats_quick(
+        &mut self,
+        bounds: &MonthBounds,
+        exact_up_to: u64,
+    ) -> anyhow::Result<RangeStats> {
+        let info = self.info()?;
+        let predicate = month_predicate(&self.date_field, info.date_kind);
+        let from = self.table_with_hint(&info);
+        let bounded_sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {from} WHERE {predicate} LIMIT {}) AS month",
+            exact_up_to.saturating_add(1)
+        );
+        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        let bounded: Option<u64> = self.with_conn("counting the month", move |c| {
+            Box::pin(c.exec_first(bounded_sql, (lo, hi)))
+        })?;
+        let bounded = bounded.unwrap_or(0);
+        if bounded <= exact_up_to {
+            let mut stats = self.range_stats(bounds)?;
+            stats.count = stats.count.max(bounded);
+            return Ok(stats);
+        }
+        let explain = format!("EXPLAIN SELECT * FROM {from} WHERE {predicate}");
+        let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
+        let rows: Vec<Row> = self.with_conn("estimating the month", move |c| {
+            Box::pin(c.exec(explain, (lo, hi)))
+        })?;
+        let estimate = rows
+            .first()
+            .and_then(|r| r.get_opt::<Option<u64>, _>("rows"))
+            .and_then(|v| v.ok())
+            .flatten()
+            .unwrap_or(0);
+        let mut sample = SizeSample::default();
+        self.export_limited(bounds, &mut sample, Some(1000))?;
+        Ok(RangeStats {
+            count: estimate.max(bounded),
+            avg_record_bytes: (sample.count > 0).then(|| sample.bytes / sample.count),
+            index: info.index,
+            estimated: true,
         })
     }
 
@@ -653,6 +704,19 @@ impl Source for MysqlSource {
 
     fn set_fingerprints(&mut self, on: bool) {
         self.fingerprints = on;
+    }
+
+    fn export_deleting_refused(&mut self, bounds: &MonthBounds) -> anyhow::Result<Option<String>> {
+        let n = self.segment_docs;
+        self.returning_refused(bounds, n)
+    }
+
+    fn export_deleting(
+        &mut self,
+        bounds: &MonthBounds,
+        sink: &mut dyn DeletingSink,
+    ) -> anyhow::Result<()> {
+        self.export_deleting_segments(bounds, sink)
     }
 
     fn insert_documents(&mut self, docs: &[&RawDocument]) -> anyhow::Result<u64> {
