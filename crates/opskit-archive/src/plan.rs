@@ -206,7 +206,7 @@ pub fn build_plan(job: &ArchiveJob, source: &SharedSource, observed: Option<&Obs
     );
     if c.source_uri.starts_with("mysql://") {
         plan.fact(
-            "segment delete",
+            "delete mode",
             if c.purge.delete_returning {
                 format!(
                     "on MariaDB (10.0.5 or later, when the server's plan uses the date index) each segment is read by the statement that deletes it, \
