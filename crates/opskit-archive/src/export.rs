@@ -29,6 +29,8 @@ pub struct ExportStep {
     source: SharedSource,
     /// The month's count, as the precondition found it.
     expected: Option<u64>,
+    /// `expected` is the server's estimate (a large month): progress shows no total.
+    estimated: bool,
 }
 
 impl ExportStep {
@@ -38,6 +40,7 @@ impl ExportStep {
             job: job.clone(),
             source: source.clone(),
             expected: None,
+            estimated: false,
         }
     }
 }
@@ -186,7 +189,9 @@ impl ExportStep {
         s.set_fingerprints(segmented && job.config.purge.fingerprints);
         if segmented {
             drop(s);
-            let m = crate::segment::export_segmented(job, &self.source, identity, expected, cx)
+            // An estimate can be off by half: better no total than a wrong ETA.
+            let total = expected.filter(|_| !self.estimated);
+            let m = crate::segment::export_segmented(job, &self.source, identity, total, cx)
                 .map_err(failed)?;
             record_archive(cx, job, &m);
             return Ok(());
@@ -269,7 +274,7 @@ impl ExportStep {
             .map_err(|e| refused(e.context("the source does not answer")))?;
         // A month that will be segmented gets the server's estimate, not a count: counting
         // would read the whole month once more before the run begins (the plan counts).
-        let stats = s
+        let mut stats = s
             .range_stats_quick(&job.bounds, job.config.segment_docs.get())
             .map_err(refused)?;
         if stats.index.is_none() {
@@ -281,7 +286,23 @@ impl ExportStep {
         drop(s);
         let staging = job.config.staging_dir.path();
         crate::preflight::prepare_staging_dir(staging).map_err(refused)?;
-        let est = crate::plan::estimate_disk(job, &stats).map_err(refused)?;
+        // An estimate counts twice (the server's range estimate can be off by half); when that
+        // does not fit, the month is counted before anything is refused.
+        let doubled = RangeStats {
+            count: stats
+                .count
+                .saturating_mul(if stats.estimated { 2 } else { 1 }),
+            ..stats.clone()
+        };
+        let mut est = crate::plan::estimate_disk(job, &doubled).map_err(refused)?;
+        if !est.fits() && stats.estimated {
+            stats = self
+                .source
+                .get()
+                .and_then(|mut s| s.range_stats(&job.bounds))
+                .map_err(refused)?;
+            est = crate::plan::estimate_disk(job, &stats).map_err(refused)?;
+        }
         if !est.fits() {
             let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
             return Err(StepError::refused(format!(
@@ -304,6 +325,7 @@ impl ExportStep {
             stats.count,
         );
         self.expected = Some(stats.count);
+        self.estimated = stats.estimated;
         Ok(stats)
     }
 

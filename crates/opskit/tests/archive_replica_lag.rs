@@ -22,8 +22,6 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
         c.archive.purge.max_lag_wait_secs = Positive::new(3);
     });
     let mysql = rig.mysql.clone().unwrap();
-    let s3 = mysql.get("Slave_03").unwrap();
-    let s3_name = format!("{}:{}", s3.address, s3.port);
 
     // A replica entry that cannot be watched (nothing listens there; the master is no
     // replica) is refused before the export: exit 3, nothing exported or deleted.
@@ -73,9 +71,40 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
     );
 
     // Two batches go through, then Slave_03 (a replica of a replica) stops applying.
+    pause_then_resume(&mut rig, 1000 - 2 * 250, before);
+}
+
+/// The same pause on a segmented month read by `DELETE … RETURNING` (MariaDB): the lag is
+/// looked at before each segment's `COMMIT`; what was not committed when the wait gave up is
+/// rolled back, and the replicas apply every segment's delete.
+#[test]
+fn a_stopped_replica_pauses_the_commits_of_a_month_read_by_its_delete() {
+    let mut rig = Rig::on_replicated_master(1000, |c, mysql| {
+        let s1 = mysql.get("Slave_01").unwrap();
+        c.archive.purge.replicas = vec![format!("mysql://{}:{}/", s1.address, s1.port)];
+        c.archive.purge.discover_replicas = true;
+        c.archive.purge.max_lag_secs = Positive::new(5);
+        c.archive.purge.max_lag_wait_secs = Positive::new(3);
+        c.archive.segment_docs = Positive::new(250);
+    });
+    // Each lane's first segment holds 250 documents: two commits, then the pause.
+    let err = pause_then_resume(&mut rig, 1000 - 2 * 250, 0);
+    assert!(err.contains("read by the DELETE that removes it"), "{err}");
+}
+
+/// Runs the month paused before its third purge batch (or segment commit), stops Slave_03's
+/// SQL thread: the purge pauses, gives up after `max_lag_wait_secs` with `left` January rows
+/// in the source (exit 1, one more alert than `before`); the re-run pauses until the replica
+/// applies again, then completes the month, and every replica applied every delete. Returns
+/// the paused run's stderr.
+fn pause_then_resume(rig: &mut Rig, left: usize, before: usize) -> String {
+    let mysql = rig.mysql.clone().unwrap();
+    let s3 = mysql.get("Slave_03").unwrap();
+    let s3_name = format!("{}:{}", s3.address, s3.port);
     let paused = rig.run_paused("purge:batch=3", "3");
     mysql.sql("Slave_03", "STOP SLAVE SQL_THREAD").unwrap();
     let (status, _, err) = paused.finish_with_output();
+    let paused_err = err.clone();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("purge paused"), "{err}");
     assert!(
@@ -84,7 +113,7 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
     );
     assert_eq!(
         rig.january_ids().len(),
-        1000 - 2 * 250,
+        left,
         "no batch after the pause began"
     );
     rig.assert_nothing_lost();
@@ -141,4 +170,5 @@ fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_on
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    paused_err
 }
