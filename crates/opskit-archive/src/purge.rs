@@ -412,13 +412,13 @@ impl<'a> Purger<'a> {
         }
         let n = delete.docs();
         self.queued += n;
-        let (job, ck_total) = (self.job, self.total);
+        let (job, ck_total) = (self.job, of_total(self.total));
         let number = self.ck.batches + 1;
         let ck = &self.ck;
         opskit_core::interrupt::check(
             || {
                 format!(
-                    "before committing the delete of segment batch {number}: {} of {ck_total} documents done ({} deleted)",
+                    "before committing the delete of segment batch {number}: {}{ck_total} documents done ({} deleted)",
                     ck.sent, ck.deleted
                 )
             },
@@ -438,7 +438,7 @@ impl<'a> Purger<'a> {
             &mut self.stats.paused_secs,
         ) {
             return Err(e.context(format!(
-                "the purge stopped before committing batch {number}: {} of {ck_total} documents done ({} deleted), nothing lost; \
+                "the purge stopped before committing batch {number}: {}{ck_total} documents done ({} deleted), nothing lost; \
                  run `opskit archive run --month {}` again to resume",
                 self.ck.sent, self.ck.deleted, job.bounds.month
             )));
@@ -469,14 +469,14 @@ impl<'a> Purger<'a> {
     }
 
     fn batch(&mut self) -> anyhow::Result<()> {
-        let (job, ck_total) = (self.job, self.total);
+        let (job, ck_total) = (self.job, of_total(self.total));
         let n = self.sizer.size().min(self.pending.len());
         let number = self.ck.batches + 1;
         let ck = &self.ck;
         opskit_core::interrupt::check(
             || {
                 format!(
-                    "before purge batch {number}: {} of {ck_total} documents done ({} deleted)",
+                    "before purge batch {number}: {}{ck_total} documents done ({} deleted)",
                     ck.sent, ck.deleted
                 )
             },
@@ -496,7 +496,7 @@ impl<'a> Purger<'a> {
             &mut self.stats.paused_secs,
         ) {
             return Err(e.context(format!(
-                "the purge stopped before batch {number}: {} of {ck_total} documents done ({} deleted), nothing lost; \
+                "the purge stopped before batch {number}: {}{ck_total} documents done ({} deleted), nothing lost; \
                  run `opskit archive run --month {}` again to resume",
                 self.ck.sent, self.ck.deleted, job.bounds.month
             )));
@@ -607,6 +607,15 @@ impl<'a> Purger<'a> {
             stats.batch_size
         );
         (ck, stats)
+    }
+}
+
+/// ` of 1000` when the purge knows how many documents it has (a count), else nothing.
+fn of_total(total: u64) -> String {
+    if total == u64::MAX {
+        String::new()
+    } else {
+        format!(" of {total}")
     }
 }
 

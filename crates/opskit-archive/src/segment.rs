@@ -305,6 +305,15 @@ pub fn export_segmented(
         if let Some(w) = writer {
             w.keep_partial();
         }
+        if let Some(m) = &m
+            && job.uploaded_marker().exists()
+        {
+            // The file is whole on both sides; only the purge stopped (a replica's lag, the
+            // source lost): the purge step of the re-run resumes it from its checkpoint.
+            PurgeCheckpoint::rebind(&job.purge_checkpoint(), &log.run_id, &m.sha256)?;
+            log.finished = true;
+            log.save(job)?;
+        }
         return Err(e.context(format!(
             "{}; run `opskit archive run --month {}` again: it closes the archive with the verified segments, \
              finishes their purge, and archives the rest of the month in a late pass",

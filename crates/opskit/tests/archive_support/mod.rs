@@ -320,10 +320,23 @@ impl Rig {
         archive_metric(&self.config, name)
     }
 
-    /// Every January row is in the table or in the remote archive; returns the archived ids.
+    /// Every January row is in the table or in the remote archive (or, before it has its
+    /// final name, in its `.uploading` file: a segmented run); returns the archived ids.
     pub fn assert_nothing_lost(&self) -> BTreeSet<i64> {
         let remaining = self.january_ids();
-        let archived = archived_ids(&self.remote_file(FILE));
+        let final_file = self.remote_file(FILE);
+        let mut archived = if final_file.exists() {
+            archived_ids(&final_file)
+        } else {
+            archived_ids(&self.remote_file(&format!("{FILE}.uploading")))
+        };
+        // A segmented run cut short archives the rest of the month in late passes.
+        for late in ["late1", "late2"] {
+            let name = FILE.replace(".bson.gz", &format!(".{late}.bson.gz"));
+            for id in archived_ids(&self.remote_file(&name)) {
+                assert!(archived.insert(id), "{id} is archived twice");
+            }
+        }
         for id in &self.january {
             assert!(
                 remaining.contains(id) || archived.contains(id),
