@@ -412,37 +412,12 @@ impl<'a> Purger<'a> {
         }
         let n = delete.docs();
         self.queued += n;
-        let (job, ck_total) = (self.job, of_total(self.total));
         let number = self.ck.batches + 1;
-        let ck = &self.ck;
-        opskit_core::interrupt::check(
-            || {
-                format!(
-                    "before committing the delete of segment batch {number}: {}{ck_total} documents done ({} deleted)",
-                    ck.sent, ck.deleted
-                )
-            },
-            || {
-                format!(
-                    "the uncommitted delete is rolled back: run `opskit archive run --month {}` again",
-                    job.bounds.month
-                )
-            },
+        // Stopping here drops `delete`: the server rolls it back.
+        self.before_batch(
+            &format!("committing batch {number}"),
+            "the uncommitted delete is rolled back",
         )?;
-        pause_point("purge", "batch", number);
-        panic_point("purge", "batch", number);
-        if let Err(e) = wait_for_lag(
-            job,
-            self.source,
-            &mut self.progress,
-            &mut self.stats.paused_secs,
-        ) {
-            return Err(e.context(format!(
-                "the purge stopped before committing batch {number}: {}{ck_total} documents done ({} deleted), nothing lost; \
-                 run `opskit archive run --month {}` again to resume",
-                self.ck.sent, self.ck.deleted, job.bounds.month
-            )));
-        }
         delete
             .commit()
             .with_context(|| format!("committing batch {number} ({n} documents)"))?;
@@ -453,11 +428,53 @@ impl<'a> Purger<'a> {
         ck.batches += 1;
         ck.save(&self.ck_path)?;
         self.stats.now.deleted += n;
-        self.stats.batch_size = n as usize;
         self.progress.inc(n);
         self.smallest = self.smallest.min(n as usize);
         self.largest = self.largest.max(n as usize);
+        // The metric: the largest segment committed (the last one is often a remainder).
+        self.stats.batch_size = self.largest;
         Ok(())
+    }
+
+    /// What precedes every batch (and every segment commit), `what` naming it in messages:
+    /// a stop request ends the purge here (`on_stop` says what becomes of the batch); the
+    /// test pause and panic points; the wait while a replica lags.
+    fn before_batch(&mut self, what: &str, on_stop: &str) -> anyhow::Result<()> {
+        let (job, total) = (self.job, of_total(self.total));
+        let number = self.ck.batches + 1;
+        let ck = &self.ck;
+        opskit_core::interrupt::check(
+            || {
+                format!(
+                    "before {what}: {}{total} documents done ({} deleted)",
+                    ck.sent, ck.deleted
+                )
+            },
+            || {
+                format!(
+                    "{on_stop}: run `opskit archive run --month {}` again",
+                    job.bounds.month
+                )
+            },
+        )?;
+        pause_point("purge", "batch", number);
+        panic_point("purge", "batch", number);
+        wait_for_lag(
+            job,
+            self.source,
+            &mut self.progress,
+            &mut self.stats.paused_secs,
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "the purge stopped before {}: {}{total} documents done ({} deleted), nothing lost; \
+                 run `opskit archive run --month {}` again to resume",
+                what.strip_prefix("purge ").unwrap_or(what),
+                self.ck.sent,
+                self.ck.deleted,
+                job.bounds.month
+            ))
+        })
     }
 
     /// Deletes full batches; with `all`, also the last, shorter one.
@@ -469,38 +486,13 @@ impl<'a> Purger<'a> {
     }
 
     fn batch(&mut self) -> anyhow::Result<()> {
-        let (job, ck_total) = (self.job, of_total(self.total));
+        let job = self.job;
         let n = self.sizer.size().min(self.pending.len());
         let number = self.ck.batches + 1;
-        let ck = &self.ck;
-        opskit_core::interrupt::check(
-            || {
-                format!(
-                    "before purge batch {number}: {}{ck_total} documents done ({} deleted)",
-                    ck.sent, ck.deleted
-                )
-            },
-            || {
-                format!(
-                    "the purge resumes from its checkpoint: run `opskit archive run --month {}` again",
-                    job.bounds.month
-                )
-            },
+        self.before_batch(
+            &format!("purge batch {number}"),
+            "the purge resumes from its checkpoint",
         )?;
-        pause_point("purge", "batch", number);
-        panic_point("purge", "batch", number);
-        if let Err(e) = wait_for_lag(
-            job,
-            self.source,
-            &mut self.progress,
-            &mut self.stats.paused_secs,
-        ) {
-            return Err(e.context(format!(
-                "the purge stopped before batch {number}: {}{ck_total} documents done ({} deleted), nothing lost; \
-                 run `opskit archive run --month {}` again to resume",
-                self.ck.sent, self.ck.deleted, job.bounds.month
-            )));
-        }
         // The lag wait may have written its own message: show the batch size again.
         self.progress.set_message(&batch_label(self.sizer.size()));
         let batch = &self.pending.make_contiguous()[..n];
