@@ -361,33 +361,54 @@ impl RecordSink for ArchiveWriter {
     }
 }
 
-/// A compressor thread: each chunk becomes one complete gzip member.
+/// A compressor thread: each chunk becomes one complete gzip member, compressed in one call
+/// by libdeflate (the chunk is whole in memory: no streaming state is needed).
 fn compress_members(
     rx: &std::sync::Mutex<Receiver<(u64, Vec<u8>)>>,
     out: &SyncSender<ToWriter>,
     back: &SyncSender<Vec<u8>>,
     level: u32,
 ) {
+    let mut deflate = libdeflater::CompressionLvl::new(level as i32)
+        .ok()
+        .map(libdeflater::Compressor::new);
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok((seq, chunk)) = job else { return };
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(chunk.len() / 3 + 1024),
-            flate2::Compression::new(level),
-        );
-        // Writing into a Vec cannot fail.
-        let member = gz
-            .write_all(&chunk)
-            .and_then(|()| gz.finish())
-            .unwrap_or_default();
+        let member = match deflate.as_mut() {
+            Some(c) => {
+                let mut member = vec![0u8; c.gzip_compress_bound(chunk.len())];
+                match c.gzip_compress(&chunk, &mut member) {
+                    Ok(n) => {
+                        member.truncate(n);
+                        member
+                    }
+                    // The bound always fits; zlib would do it anyway.
+                    Err(_) => gzip_member(&chunk, level),
+                }
+            }
+            None => gzip_member(&chunk, level),
+        };
         let _ = back.try_send(chunk);
         if out.send(ToWriter::Member(seq, member)).is_err() {
             return;
         }
     }
+}
+
+/// `chunk` as one gzip member, by zlib.
+fn gzip_member(chunk: &[u8], level: u32) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(chunk.len() / 3 + 1024),
+        flate2::Compression::new(level),
+    );
+    // Writing into a Vec cannot fail.
+    gz.write_all(chunk)
+        .and_then(|()| gz.finish())
+        .unwrap_or_default()
 }
 
 /// The empty gzip member: what an empty month's file (or first segment) holds.
