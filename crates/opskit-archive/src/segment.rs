@@ -207,7 +207,7 @@ pub fn export_segmented(
                 true
             }
             Some(why) => {
-                tracing::debug!("segments are exported, then purged: {why}");
+                tracing::info!("segments are exported, then purged: {why}");
                 false
             }
         }

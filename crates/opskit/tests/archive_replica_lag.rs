@@ -11,16 +11,19 @@ use std::time::Duration;
 use archive_support::*;
 use opskit_core::config::value::Positive;
 
+/// Slave_01 by name; Slave_02, Slave_03 (below Slave_01) and Slave_04 by discovery; a lag
+/// above 5 s pauses the purge, a pause longer than 3 s stops it.
+fn watch_the_replicas(c: &mut opskit_core::config::Config, mysql: &opskit_lab::MysqlLab) {
+    let s1 = mysql.get("Slave_01").unwrap();
+    c.archive.purge.replicas = vec![format!("mysql://{}:{}/", s1.address, s1.port)];
+    c.archive.purge.discover_replicas = true;
+    c.archive.purge.max_lag_secs = Positive::new(5);
+    c.archive.purge.max_lag_wait_secs = Positive::new(3);
+}
+
 #[test]
 fn a_stopped_replica_pauses_the_purge_which_stops_after_the_limit_and_resumes_once_it_replicates() {
-    let mut rig = Rig::on_replicated_master(1000, |c, mysql| {
-        // Slave_01 by name; Slave_02, Slave_03 (below Slave_01) and Slave_04 by discovery.
-        let s1 = mysql.get("Slave_01").unwrap();
-        c.archive.purge.replicas = vec![format!("mysql://{}:{}/", s1.address, s1.port)];
-        c.archive.purge.discover_replicas = true;
-        c.archive.purge.max_lag_secs = Positive::new(5);
-        c.archive.purge.max_lag_wait_secs = Positive::new(3);
-    });
+    let mut rig = Rig::on_replicated_master(1000, watch_the_replicas);
     let mysql = rig.mysql.clone().unwrap();
 
     // A replica entry that cannot be watched (nothing listens there; the master is no
@@ -82,11 +85,7 @@ fn a_stopped_replica_pauses_the_commits_of_a_month_read_by_its_delete() {
     // Enough rows for the optimizer to walk the date index (a table of a few pages is
     // scanned and sorted instead, and the run then exports, then purges).
     let mut rig = Rig::on_replicated_master(5000, |c, mysql| {
-        let s1 = mysql.get("Slave_01").unwrap();
-        c.archive.purge.replicas = vec![format!("mysql://{}:{}/", s1.address, s1.port)];
-        c.archive.purge.discover_replicas = true;
-        c.archive.purge.max_lag_secs = Positive::new(5);
-        c.archive.purge.max_lag_wait_secs = Positive::new(3);
+        watch_the_replicas(c, mysql);
         c.archive.segment_docs = Positive::new(500);
     });
     // The purge of a segmented month runs inside the export step; the lanes' first two

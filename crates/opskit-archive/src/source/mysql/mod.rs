@@ -187,11 +187,6 @@ impl MysqlSource {
         })
     }
 
-    /// Turns the export that deletes as it reads on or off (`archive.purge.delete_returning`).
-    pub fn set_delete_returning(&mut self, on: bool) {
-        self.delete_returning = on;
-    }
-
     /// Sets how many sessions share each purge batch (`archive.purge.connections`).
     pub fn set_delete_connections(&mut self, n: usize) {
         self.delete_connections = n.max(1);
@@ -213,12 +208,7 @@ impl MysqlSource {
     /// A new session, within the source's time limit. Once the date column is known to be a
     /// `TIMESTAMP`, the session gets the writers' zone before anything else runs on it.
     fn connect(&self) -> anyhow::Result<Conn> {
-        self.connect_on(&self.rt)
-    }
-
-    /// [`Self::connect`] on the runtime `rt` (the session is then driven only by it).
-    fn connect_on(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Conn> {
-        self.connector().connect(rt)
+        self.connector().connect(&self.rt)
     }
 
     /// Runs `f` on the connection (connecting first) with the adapter's timeout.
@@ -518,6 +508,30 @@ impl MysqlSource {
     }
 }
 
+impl MysqlSource {
+    /// The month's stats for `count` documents: table statistics lag behind bulk inserts, so
+    /// a sample of the month's own rows, encoded exactly as the export encodes them, gives
+    /// the archive's raw size per record.
+    fn month_stats(
+        &mut self,
+        bounds: &MonthBounds,
+        info: TableInfo,
+        count: u64,
+        estimated: bool,
+    ) -> anyhow::Result<RangeStats> {
+        let mut sample = SizeSample::default();
+        if count > 0 {
+            self.export_limited(bounds, &mut sample, Some(1000))?;
+        }
+        Ok(RangeStats {
+            count,
+            avg_record_bytes: (sample.count > 0).then(|| sample.bytes / sample.count),
+            index: info.index,
+            estimated,
+        })
+    }
+}
+
 /// Measures the average encoded record size of a sample.
 #[derive(Default)]
 struct SizeSample {
@@ -559,18 +573,7 @@ impl Source for MysqlSource {
         let count: Option<u64> = self.with_conn("counting the month", move |c| {
             Box::pin(c.exec_first(sql, (lo, hi)))
         })?;
-        // Table statistics lag behind bulk inserts; a sample of the month's own rows, encoded
-        // exactly as the export encodes them, gives the archive's raw size per record.
-        let mut sample = SizeSample::default();
-        if count.unwrap_or(0) > 0 {
-            self.export_limited(bounds, &mut sample, Some(1000))?;
-        }
-        Ok(RangeStats {
-            count: count.unwrap_or(0),
-            avg_record_bytes: (sample.count > 0).then(|| sample.bytes / sample.count),
-            index: info.index,
-            estimated: false,
-        })
+        self.month_stats(bounds, info, count.unwrap_or(0), false)
     }
 
     /// Counts at most `exact_up_to + 1` rows through the date index; a larger month gets the
@@ -594,9 +597,7 @@ impl Source for MysqlSource {
         })?;
         let bounded = bounded.unwrap_or(0);
         if bounded <= exact_up_to {
-            let mut stats = self.range_stats(bounds)?;
-            stats.count = stats.count.max(bounded);
-            return Ok(stats);
+            return self.month_stats(bounds, info, bounded, false);
         }
         let explain = format!("EXPLAIN SELECT * FROM {from} WHERE {predicate}");
         let (lo, hi) = (bounds.lower.clone(), bounds.upper.clone());
@@ -609,14 +610,7 @@ impl Source for MysqlSource {
             .and_then(|v| v.ok())
             .flatten()
             .unwrap_or(0);
-        let mut sample = SizeSample::default();
-        self.export_limited(bounds, &mut sample, Some(1000))?;
-        Ok(RangeStats {
-            count: estimate.max(bounded),
-            avg_record_bytes: (sample.count > 0).then(|| sample.bytes / sample.count),
-            index: info.index,
-            estimated: true,
-        })
+        self.month_stats(bounds, info, estimate.max(bounded), true)
     }
 
     fn anomalies(&mut self) -> anyhow::Result<Anomalies> {
